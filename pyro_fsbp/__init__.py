@@ -1,0 +1,14 @@
+"""
+fsbp for Pyro: Fourier stochastic backpropagation gradient estimators.
+
+Swap ``Trace_ELBO`` for :class:`FSBP_ELBO` in SVI and mark guide sites with
+``infer={"estimator": "fourier"}``. Importing this package has no side effects beyond
+registering the Fourier rules of the built-in families.
+"""
+
+from pyro_fsbp.distributions import *  # noqa: F401,F403
+from pyro_fsbp.distributions import __all__ as _dist_all
+from pyro_fsbp.infer import FSBP_ELBO, FSBPTrace_ELBO, config_fsbp
+
+__version__ = "0.1.0.dev0"
+__all__ = ["FSBP_ELBO", "FSBPTrace_ELBO", "config_fsbp"] + list(_dist_all)

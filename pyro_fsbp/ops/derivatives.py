@@ -1,0 +1,215 @@
+r"""
+Derivatives of a downstream cost at substituted values, one coordinate at a time.
+
+Every FSBP rule needs the cost :math:`f` of a sample site (section 2 of DESIGN.md), or its
+derivatives, at the sample :math:`z` or at an auxiliary point that differs from :math:`z` in one
+coordinate. This module is the engine; it knows nothing of traces or handlers. A cost is any
+callable
+
+.. code-block:: text
+
+    cost_fn(values) -> costs
+    values: (M, *value_shape)     M candidate values of the site, batched on a new left dim
+    costs:  (M, *batch_shape)     one cost per plate element (non-plate batch dims of size 1)
+
+whose costs for different candidates ``m`` and different plate elements do not interact (plate
+elements are conditionally independent; candidates are separate evaluations). "Coordinates" are
+the entries of the value that are *not* plate elements: event dims and non-plate batch dims.
+Within a plate element the cost may couple its coordinates, so an auxiliary point is applied to
+one coordinate at a time (shifting every coordinate at once biases the gradient by 9-13%,
+MATH.md appendix (I)). The coordinate strategies are
+
+* ``"all"``: one candidate per coordinate, ``M = D`` per point, all batched in one pass;
+* ``"sample"``: one uniformly drawn coordinate per plate element, weighted by ``D`` (unbiased);
+* ``separable=True``: the user promises the cost does not couple coordinates: one candidate serves all.
+
+Derivatives along per-candidate directions :math:`w_m` use repeated reverse mode:
+
+.. math::
+
+    D_1 = \nabla_V \sum_m c_m(V_m), \qquad D_{n+1} = \nabla_V \sum_m \langle D_n[m], w_m \rangle,
+
+so that, with :math:`w_m = e_j`, ``D_n[m][j]`` is :math:`\partial_j^n c(V_m)` (DERIVATIVES.md: one
+double backward for order 2; orders 3-4 nest further).
+"""
+
+import math
+
+import torch
+
+__all__ = ["CostOracle", "_directional_derivatives"]
+
+
+def _directional_derivatives(cost_fn, values, directions, order):
+    r"""
+    Costs and repeated directional derivatives of ``cost_fn`` at ``values``.
+
+    :param callable cost_fn: ``(M, *shape) -> (M, *batch)`` costs (see the module docstring).
+    :param torch.Tensor values: candidate values ``(M, *shape)``.
+    :param torch.Tensor directions: directions ``(M, *shape)`` (broadcastable), used for orders >= 2.
+    :param int order: highest derivative order (0 returns the costs only).
+    :returns: ``(costs, [D_1, ..., D_order])``, costs detached, each ``D_n`` of shape ``(M, *shape)``.
+    """
+    values = values.detach().requires_grad_(order > 0)
+    with torch.enable_grad():
+        costs = cost_fn(values)
+        derivs = []
+        current = costs.sum()
+        for n in range(1, order + 1):
+            if current.requires_grad:
+                (d,) = torch.autograd.grad(
+                    current, values, create_graph=n < order, allow_unused=True
+                )
+            else:
+                d = None
+            # A cost with no path to the value (or a derivative that is constant) has zero
+            # higher derivatives; samplers that silently cut the graph are rejected upstream.
+            d = torch.zeros_like(values) if d is None else d
+            derivs.append(d)
+            if n < order:
+                current = (d * directions).sum()
+    return costs.detach(), [d.detach() for d in derivs]
+
+
+class CostOracle:
+    r"""
+    Costs and per-coordinate derivatives of a downstream cost around a sample.
+
+    :param callable cost_fn: ``(M, *value.shape) -> (M, *batch_shape)``, see the module docstring.
+    :param torch.Tensor value: the sample :math:`z`, shape ``batch_shape + event_shape``.
+    :param int event_dim: number of event dims of ``value``.
+    :param plate_dims: value dims (negative, counted from the right of ``value``) that are plate
+        dims; every other dim holds coordinates.
+    :param str coordinates: ``"all"`` or ``"sample"``.
+    :param bool separable: one evaluation serves all coordinates (the cost does not couple them).
+    :param str name: site name, for error messages.
+
+    Example::
+
+        >>> z = torch.tensor([[0.5, 1.0], [2.0, -1.0]])        # plate of 2, event of 2
+        >>> oracle = CostOracle(lambda v: (v ** 3).sum(-1), z, event_dim=1, plate_dims=(-2,))
+        >>> torch.allclose(oracle.gradient(), 3 * z ** 2)
+        True
+        >>> f0, f1, f2 = oracle.evaluate(z[None], order=2)
+        >>> torch.allclose(f2[0], 6 * z)
+        True
+    """
+
+    def __init__(
+        self, cost_fn, value, event_dim, plate_dims, coordinates="all", separable=False, name=""
+    ):
+        self.cost_fn = cost_fn
+        self.value = value.detach()
+        self.event_dim = event_dim
+        self.plate_dims = tuple(d if d < 0 else d - value.dim() for d in plate_dims)
+        self.coordinates = coordinates
+        self.separable = separable
+        self.name = name
+        shape = self.value.shape
+        self.coord_shape = torch.Size(
+            1 if (i - len(shape)) in self.plate_dims else s for i, s in enumerate(shape)
+        )
+        self.num_coords = math.prod(self.coord_shape)
+        self.batch_ndim = len(shape) - event_dim
+
+    # ----- bases of coordinates ---------------------------------------------------------------
+    def _basis(self, block):
+        """One-hot indicators ``(B, *coord_shape)`` of coordinates (or of event blocks)."""
+        eye = torch.eye(self.num_coords, dtype=self.value.dtype, device=self.value.device)
+        basis = eye.reshape((self.num_coords,) + self.coord_shape)
+        if block and self.event_dim:
+            # one indicator per non-plate batch position, covering its whole event block
+            event_size = math.prod(self.coord_shape[self.batch_ndim :])
+            basis = basis[::event_size].reshape((-1,) + self.coord_shape[: self.batch_ndim])
+            basis = basis.reshape(basis.shape + (1,) * self.event_dim)
+            basis = basis.expand((-1,) + self.coord_shape)
+        return basis
+
+    def _sampled_basis(self, block):
+        """A one-hot indicator of one random coordinate (or block) per plate element, and ``D``."""
+        basis = self._basis(block)
+        n = basis.shape[0]
+        plate_shape = torch.Size(
+            s if (i - self.value.dim()) in self.plate_dims else 1
+            for i, s in enumerate(self.value.shape)
+        )
+        idx = torch.randint(n, plate_shape, device=self.value.device)
+        onehot = torch.arange(n, device=idx.device).reshape((n,) + (1,) * idx.dim()) == idx
+        chosen = (onehot.to(basis.dtype) * basis).sum(0)  # coord_shape x plate_shape -> shape
+        return chosen.unsqueeze(0), float(n)
+
+    def _directions(self, block):
+        if self.separable or self.num_coords == 1 and not block:
+            return torch.ones_like(self.value).unsqueeze(0), 1.0, False
+        if block and self.num_coords == math.prod(self.coord_shape[self.batch_ndim :]):
+            return torch.ones_like(self.value).unsqueeze(0), 1.0, False
+        if self.coordinates == "sample":
+            chosen, weight = self._sampled_basis(block)
+            return chosen, weight, False
+        return self._basis(block), 1.0, True
+
+    # ----- public API -------------------------------------------------------------------------
+    def costs(self, values):
+        """Raw costs ``(M, *batch_shape)`` at full candidate values ``(M, *value.shape)``."""
+        return self.cost_fn(values).detach()
+
+    def gradient(self):
+        r"""The gradient :math:`\nabla f(z)` at the sample (one evaluation, exact per coordinate)."""
+        _, (d1,) = _directional_derivatives(self.cost_fn, self.value.unsqueeze(0), None, 1)
+        return d1[0]
+
+    def evaluate(self, points, order, block=False):
+        r"""
+        Per-coordinate costs and derivatives at auxiliary points applied one coordinate at a time.
+
+        For each point ``p = points[s]`` and coordinate ``j`` the cost is evaluated at ``z`` with
+        coordinate ``j`` replaced by ``p[j]`` (``block=True``: the whole event block of ``j``
+        replaced), and entry ``[s][j]`` of the k-th output is the k-th derivative along ``e_j``
+        (``block=True``: only ``k <= 1``, the gradient restricted to that block).
+
+        :param torch.Tensor points: ``(S, *value.shape)``.
+        :param int order: highest derivative order.
+        :returns: list ``[F_0, ..., F_order]`` of ``(S, *value.shape)`` tensors; under
+            ``coordinates="sample"`` only the drawn coordinate is non-zero, weighted by ``D``.
+        """
+        if block and order > 1:
+            raise ValueError("block evaluations support first derivatives only")
+        points = points.detach()
+        S = points.shape[0]
+        basis, weight, per_coord = self._directions(block)
+        B = basis.shape[0]
+        z = self.value
+        # (S, B, *shape): z with coordinate (block) b replaced by the point
+        values = z + basis.unsqueeze(0) * (points.unsqueeze(1) - z)
+        directions = basis.unsqueeze(0).expand(values.shape)
+        flat = values.reshape((S * B,) + z.shape)
+        costs, derivs = _directional_derivatives(
+            self.cost_fn, flat, directions.reshape(flat.shape), order
+        )
+        pad = (1,) * (self.batch_ndim - costs.dim() + 1)
+        costs = costs.reshape((S * B,) + pad + costs.shape[1:] + (1,) * self.event_dim)
+        outputs = [costs.expand(flat.shape)] + derivs
+        results = []
+        for out in outputs:
+            out = out.reshape((S, B) + z.shape)
+            out = (out * basis).sum(1) if per_coord or weight != 1.0 else out[:, 0]
+            results.append(out * weight if weight != 1.0 else out)
+        return results
+
+    def hessian(self):
+        r"""
+        The Hessian :math:`\nabla^2 f(z)` within each event block, shape ``value.shape + (d,)``
+        (``event_dim == 1``), by one Hessian-vector product per coordinate, batched.
+        """
+        if self.event_dim != 1:
+            raise ValueError("hessian() needs a site with exactly one event dim")
+        z = self.value
+        d = z.shape[-1]
+        basis = self._basis(block=False)  # (D, *coord_shape)
+        _, (_, h) = _directional_derivatives(
+            self.cost_fn, z + 0 * basis, basis.expand((basis.shape[0],) + z.shape), 2
+        )
+        # keep, for coordinate (b', j), the column entries of its own block b'
+        block = basis.sum(-1, keepdim=True)  # indicator of the batch position of each coordinate
+        cols = (h * block).reshape((-1, d) + z.shape).sum(0)  # (d_j, *shape[i])
+        return cols.movedim(0, -1)  # (*batch, d_i, d_j)

@@ -1,0 +1,758 @@
+"""
+Tests of ``pyro_fsbp.ops.series``: cumulants, FSBP coefficients and their float32 stability.
+
+References are independent of the code under test: closed forms of MATH.md section 2, raw moments
+(closed forms or exact sums in mpmath), and 50-60 digit mpmath computations. Reference numbers from
+MATH_appendix.md sections (A), (A') and (B) are reproduced where they apply.
+"""
+
+import math
+
+import mpmath as mp
+import pytest
+import torch
+
+from pyro_fsbp.ops.series import (
+    bernoulli_cumulants,
+    beta_cumulants,
+    binomial_cumulants,
+    chi2_cumulants,
+    delta_cumulants,
+    dirichlet_cumulants,
+    exponential_cumulants,
+    gamma_cumulants,
+    geometric_cumulants,
+    laplace_cumulants,
+    lognormal_cumulants,
+    mvn_cumulants,
+    negative_binomial_cumulants,
+    normal_cumulants,
+    poisson_cumulants,
+    series_coefficients,
+    studentt_cumulants,
+)
+
+F64 = torch.float64
+F32 = torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# test-only helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _leaf(x, dtype=F64):
+    return torch.tensor(x, dtype=dtype, requires_grad=True)
+
+
+def _coefficients(kappas, wrt):
+    """a_n = d kappa_n / d wrt / n! by autograd, for a scalar leaf ``wrt`` (n = 1..order)."""
+    out = []
+    for n in range(1, kappas.shape[-1] + 1):
+        (g,) = torch.autograd.grad(kappas[n - 1], wrt, retain_graph=True, allow_unused=True)
+        g = torch.zeros((), dtype=kappas.dtype) if g is None else g
+        out.append(g / math.factorial(n))
+    return torch.stack(out)
+
+
+def _moments_from_cumulants(kappas):
+    """Raw moments m_1..m_N by the complete Bell recursion m_n = sum C(n-1,i-1) kappa_i m_{n-i}."""
+    m = [torch.ones_like(kappas[..., 0])]
+    for n in range(1, kappas.shape[-1] + 1):
+        m.append(sum(math.comb(n - 1, i - 1) * kappas[..., i - 1] * m[n - i] for i in range(1, n + 1)))
+    return torch.stack(m[1:], dim=-1)
+
+
+def _mp_cumulants(moments):
+    """Cumulants from raw moments m_1..m_N, kappa_n = m_n - sum C(n-1,i-1) kappa_i m_{n-i}."""
+    m = [mp.mpf(1)] + list(moments)
+    k = [None]
+    for n in range(1, len(m)):
+        k.append(m[n] - sum(math.comb(n - 1, i - 1) * k[i] * m[n - i] for i in range(1, n)))
+    return k[1:]
+
+
+def _mp_beta_moments(a, b, order):
+    out, m = [], mp.mpf(1)
+    for i in range(order):
+        m *= (a + i) / (a + b + i)
+        out.append(m)
+    return out
+
+
+def _mp_lognormal_moments(mu, sigma, order):
+    return [mp.exp(n * mu + n**2 * sigma**2 / 2) for n in range(1, order + 1)]
+
+
+def _mp_binomial_moments(n_trials, p, order):
+    pmf = [mp.binomial(n_trials, k) * p**k * (1 - p) ** (n_trials - k) for k in range(n_trials + 1)]
+    return [mp.fsum(w * k**n for k, w in enumerate(pmf)) for n in range(1, order + 1)]
+
+
+def _mp_series_moments(log_pmf, order, kmax):
+    """Raw moments of a count distribution by direct summation (tail below 1e-40 at kmax)."""
+    weights = [mp.exp(log_pmf(mp.mpf(k))) for k in range(kmax)]
+    assert weights[-1] < mp.mpf(10) ** -40
+    return [mp.fsum(w * k**n for k, w in enumerate(weights)) for n in range(1, order + 1)]
+
+
+def _mp_geometric_log_pmf(p):
+    return lambda k: mp.log(p) + k * mp.log(1 - p)
+
+
+def _mp_negbin_log_pmf(r, q):
+    return lambda k: mp.loggamma(k + r) - mp.loggamma(k + 1) - mp.loggamma(r) + k * mp.log(q) + r * mp.log(1 - q)
+
+
+def _mp_poisson_log_pmf(lam):
+    return lambda k: -lam + k * mp.log(lam) - mp.loggamma(k + 1)
+
+
+def _mp_coefficients(kappa_fn, theta, order):
+    """a_n = d kappa_n / d theta / n!, by mpmath differentiation of a high-precision kappa_n."""
+    return [mp.diff(lambda t: kappa_fn(t)[n - 1], theta) / math.factorial(n) for n in range(1, order + 1)]
+
+
+def _to_tensor(values, dtype=F64):
+    return torch.tensor([float(v) for v in values], dtype=dtype)
+
+
+def _max_rel_err(actual, expected):
+    return ((actual.double() - expected) / expected).abs().max().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. appendix (A): FSBP coefficients a_n = d kappa_n / n! against closed forms and mpmath
+# ---------------------------------------------------------------------------------------------
+
+ORDER = 8
+
+
+def _polylog(s, q):
+    return float(mp.polylog(s, q))
+
+
+def _case_normal(param):
+    mu, sigma = _leaf(0.3), _leaf(0.8)
+    kappas = normal_cumulants(mu, sigma, ORDER)
+    expected = {"mu": [1.0] + [0.0] * 7, "sigma": [0.0, 0.8] + [0.0] * 6}[param]
+    return kappas, {"mu": mu, "sigma": sigma}[param], expected
+
+
+def _case_laplace(param, b_value):
+    mu, b = _leaf(0.3), _leaf(b_value)
+    kappas = laplace_cumulants(mu, b, ORDER)
+    if param == "mu":
+        expected = [1.0] + [0.0] * 7
+    else:  # a^b_{2m} = 2 b^{2m-1}, odd 0
+        expected = [2 * b_value ** (n - 1) if n % 2 == 0 else 0.0 for n in range(1, 9)]
+    return kappas, {"mu": mu, "b": b}[param], expected
+
+
+def _case_gamma_scale(param, k_value, scale_value):
+    k, scale = _leaf(k_value), _leaf(scale_value)
+    kappas = gamma_cumulants(k, 1 / scale, ORDER)  # scale form through the rate argument
+    if param == "k":  # a^k_n = mu^n / n
+        expected = [scale_value**n / n for n in range(1, 9)]
+    else:  # a^mu_n = k mu^{n-1}
+        expected = [k_value * scale_value ** (n - 1) for n in range(1, 9)]
+    return kappas, {"k": k, "mu": scale}[param], expected
+
+
+def _case_gamma_rate(param, k_value, rate_value):
+    k, rate = _leaf(k_value), _leaf(rate_value)
+    kappas = gamma_cumulants(k, rate, ORDER)
+    if param == "k":  # a^k_n = beta^{-n} / n at fixed rate
+        expected = [rate_value ** (-n) / n for n in range(1, 9)]
+    else:  # a^beta_n = -k beta^{-n-1}
+        expected = [-k_value * rate_value ** (-n - 1) for n in range(1, 9)]
+    return kappas, {"k": k, "rate": rate}[param], expected
+
+
+def _case_exponential():
+    rate = _leaf(1.5)
+    return exponential_cumulants(rate, ORDER), rate, [-(1.5 ** (-n - 1)) for n in range(1, 9)]
+
+
+def _case_chi2():
+    df = _leaf(3.0)
+    return chi2_cumulants(df, ORDER), df, [2.0 ** (n - 1) / n for n in range(1, 9)]
+
+
+def _case_studentt(param):
+    nu, m, sigma = _leaf(5.0), _leaf(0.2), _leaf(0.8)
+    kappas = studentt_cumulants(nu, m, sigma, 4)
+    s, v = 0.8, 5.0
+    expected = {
+        "loc": [1.0, 0.0, 0.0, 0.0],
+        "sigma": [0.0, s * v / (v - 2), 0.0, s**3 * v**2 / ((v - 2) ** 2 * (v - 4))],
+    }[param]
+    return kappas, {"loc": m, "sigma": sigma}[param], expected
+
+
+def _case_poisson():
+    rate = _leaf(2.5)
+    return poisson_cumulants(rate, ORDER), rate, [1 / math.factorial(n) for n in range(1, 9)]
+
+
+def _case_geometric():
+    p = _leaf(0.4)
+    q = 0.6  # a^p_n = -Li_{-n}(q) / (q n!)
+    expected = [-_polylog(-n, q) / (q * math.factorial(n)) for n in range(1, 9)]
+    return geometric_cumulants(p, ORDER), p, expected
+
+
+def _case_negbin(param):
+    r, q = _leaf(2.5), _leaf(0.45)
+    kappas = negative_binomial_cumulants(r, q, ORDER)
+    if param == "q":  # a^q_n = r Li_{-n}(q) / (q n!)
+        expected = [2.5 * _polylog(-n, 0.45) / (0.45 * math.factorial(n)) for n in range(1, 9)]
+    else:  # a^r_n = Li_{1-n}(q) / n!
+        expected = [_polylog(1 - n, 0.45) / math.factorial(n) for n in range(1, 9)]
+    return kappas, {"q": q, "r": r}[param], expected
+
+
+CLOSED_FORM_CASES = {
+    "Normal(0.3,0.8)-mu": lambda: _case_normal("mu"),
+    "Normal(0.3,0.8)-sigma": lambda: _case_normal("sigma"),
+    "Laplace(0.3,0.7)-mu": lambda: _case_laplace("mu", 0.7),
+    "Laplace(0.3,0.7)-b": lambda: _case_laplace("b", 0.7),
+    "Laplace(0.3,0.25)-b": lambda: _case_laplace("b", 0.25),
+    "Gamma(k=2.5,scale=0.8)-k": lambda: _case_gamma_scale("k", 2.5, 0.8),
+    "Gamma(k=2.5,scale=0.8)-mu": lambda: _case_gamma_scale("mu", 2.5, 0.8),
+    "Gamma(k=0.6,scale=2.5)-k": lambda: _case_gamma_scale("k", 0.6, 2.5),
+    "Gamma(k=0.6,scale=2.5)-mu": lambda: _case_gamma_scale("mu", 0.6, 2.5),
+    "Gamma(k=2.5,rate=1.25)-k": lambda: _case_gamma_rate("k", 2.5, 1.25),
+    "Gamma(k=2.5,rate=1.25)-rate": lambda: _case_gamma_rate("rate", 2.5, 1.25),
+    "Exponential(1.5)-rate": _case_exponential,
+    "Chi2(3)-nu": _case_chi2,
+    "StudentT(5,0.2,0.8)-loc": lambda: _case_studentt("loc"),
+    "StudentT(5,0.2,0.8)-sigma": lambda: _case_studentt("sigma"),
+    "Poisson(2.5)-rate": _case_poisson,
+    "Geometric(0.4)-p": _case_geometric,
+    "NegBinomial(2.5,0.45)-q": lambda: _case_negbin("q"),
+    "NegBinomial(2.5,0.45)-r": lambda: _case_negbin("r"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLOSED_FORM_CASES))
+def test_coefficients_closed_form(case):
+    # MATH_appendix (A): closed forms agree with 40-digit differentiation of K to 1.7e-16, so the
+    # only error left is float64 rounding in the cumulants and their autograd (a few ulp).
+    kappas, wrt, expected = CLOSED_FORM_CASES[case]()
+    actual = _coefficients(kappas, wrt)
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=F64), rtol=1e-12, atol=0)
+
+
+MPMATH_CASES = {
+    # name: (torch kappa function of the differentiated leaf, mpmath kappa function, theta)
+    "Beta(2,3)-alpha": (
+        lambda t: beta_cumulants(t, 3.0, ORDER),
+        lambda t: _mp_cumulants(_mp_beta_moments(t, 3, ORDER)),
+        2.0,
+    ),
+    "Beta(2,3)-beta": (
+        lambda t: beta_cumulants(2.0, t, ORDER),
+        lambda t: _mp_cumulants(_mp_beta_moments(2, t, ORDER)),
+        3.0,
+    ),
+    "Beta(0.8,0.9)-alpha": (
+        lambda t: beta_cumulants(t, 0.9, ORDER),
+        lambda t: _mp_cumulants(_mp_beta_moments(t, mp.mpf(0.9), ORDER)),
+        0.8,
+    ),
+    "Beta(0.8,0.9)-beta": (
+        lambda t: beta_cumulants(0.8, t, ORDER),
+        lambda t: _mp_cumulants(_mp_beta_moments(mp.mpf(0.8), t, ORDER)),
+        0.9,
+    ),
+    "LogNormal(0.1,0.4)-mu": (
+        lambda t: lognormal_cumulants(t, 0.4, ORDER),
+        lambda t: _mp_cumulants(_mp_lognormal_moments(t, mp.mpf(0.4), ORDER)),
+        0.1,
+    ),
+    "LogNormal(0.1,0.4)-sigma": (
+        lambda t: lognormal_cumulants(0.1, t, ORDER),
+        lambda t: _mp_cumulants(_mp_lognormal_moments(mp.mpf(0.1), t, ORDER)),
+        0.4,
+    ),
+    "Binomial(6,0.35)-p": (
+        lambda t: binomial_cumulants(6.0, t, ORDER),
+        lambda t: _mp_cumulants(_mp_binomial_moments(6, t, ORDER)),
+        0.35,
+    ),
+    "Bernoulli(0.999)-p": (
+        lambda t: bernoulli_cumulants(t, ORDER),
+        lambda t: _mp_cumulants(_mp_binomial_moments(1, t, ORDER)),
+        0.999,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MPMATH_CASES))
+def test_coefficients_mpmath(case):
+    # Families without a closed-form a_n in MATH.md: reference = mpmath differentiation of kappa_n
+    # computed at 50 digits from the raw moments (the naive recursion is exact at that precision).
+    torch_fn, mp_fn, theta = MPMATH_CASES[case]
+    wrt = _leaf(theta)
+    actual = _coefficients(torch_fn(wrt), wrt)
+    with mp.workdps(50):
+        expected = _mp_coefficients(mp_fn, mp.mpf(theta), ORDER)
+    torch.testing.assert_close(actual, _to_tensor(expected), rtol=1e-12, atol=0)
+
+
+def test_lognormal_loc_coefficients_closed_form():
+    # MATH.md 2.7: d kappa_n / d mu = n kappa_n, so a^mu_n = kappa_n / (n-1)!.
+    mu = _leaf(0.1)
+    kappas = lognormal_cumulants(mu, 0.4, ORDER)
+    expected = torch.stack([kappas[n - 1] / math.factorial(n - 1) for n in range(1, 9)]).detach()
+    torch.testing.assert_close(_coefficients(kappas, mu), expected, rtol=1e-12, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. cumulants against independently known raw moments
+# ---------------------------------------------------------------------------------------------
+
+
+def _normal_moments(mu, sigma, order):
+    def std(k):  # E Z^k = (k-1)!! for even k
+        return 0 if k % 2 else math.prod(range(k - 1, 0, -2))
+
+    return [
+        sum(math.comb(n, k) * mu ** (n - k) * sigma**k * std(k) for k in range(n + 1))
+        for n in range(1, order + 1)
+    ]
+
+
+def _laplace_moments(mu, b, order):
+    def std(k):  # E X^k = k! for even k, X ~ Laplace(0, 1)
+        return 0 if k % 2 else math.factorial(k)
+
+    return [
+        sum(math.comb(n, k) * mu ** (n - k) * b**k * std(k) for k in range(n + 1))
+        for n in range(1, order + 1)
+    ]
+
+
+def _studentt_moments(nu, m, sigma, order):
+    def std(k):  # E T^k = nu^{k/2} Gamma((k+1)/2) Gamma((nu-k)/2) / (sqrt(pi) Gamma(nu/2)), k even
+        if k % 2:
+            return 0
+        log = math.lgamma((k + 1) / 2) + math.lgamma((nu - k) / 2) - math.lgamma(nu / 2)
+        return nu ** (k / 2) * math.exp(log) / math.sqrt(math.pi)
+
+    return [
+        sum(math.comb(n, k) * m ** (n - k) * sigma**k * std(k) for k in range(n + 1))
+        for n in range(1, order + 1)
+    ]
+
+
+def _gamma_moments(k, rate, order):  # Gamma(k+n) / (Gamma(k) rate^n)
+    return [mp.rf(k, n) / mp.mpf(rate) ** n for n in range(1, order + 1)]
+
+
+M = 6  # moments m_1..m_6
+# name: (cumulant function, parameters, order, reference raw moments m_1..m_order)
+MOMENT_CASES = {
+    "Normal(0.3,0.8)": (normal_cumulants, (0.3, 0.8), M, lambda: _normal_moments(0.3, 0.8, M)),
+    "Delta(0.7)": (delta_cumulants, (0.7,), M, lambda: [0.7**n for n in range(1, M + 1)]),
+    "Laplace(0.3,0.7)": (laplace_cumulants, (0.3, 0.7), M, lambda: _laplace_moments(0.3, 0.7, M)),
+    "Gamma(2.5,rate=1.25)": (
+        gamma_cumulants,
+        (2.5, 1.25),
+        M,
+        lambda: _gamma_moments(mp.mpf(2.5), mp.mpf(1.25), M),
+    ),
+    "Exponential(1.5)": (exponential_cumulants, (1.5,), M, lambda: _gamma_moments(1, 1.5, M)),
+    "Chi2(3)": (chi2_cumulants, (3.0,), M, lambda: _gamma_moments(mp.mpf(1.5), 0.5, M)),
+    "Beta(2,3)": (beta_cumulants, (2.0, 3.0), M, lambda: _mp_beta_moments(2, 3, M)),
+    "Beta(0.8,0.9)": (
+        beta_cumulants,
+        (0.8, 0.9),
+        M,
+        lambda: _mp_beta_moments(mp.mpf(0.8), mp.mpf(0.9), M),
+    ),
+    "Beta(200,300)": (beta_cumulants, (200.0, 300.0), M, lambda: _mp_beta_moments(200, 300, M)),
+    "LogNormal(0.1,0.4)": (
+        lognormal_cumulants,
+        (0.1, 0.4),
+        M,
+        lambda: _mp_lognormal_moments(mp.mpf(0.1), mp.mpf(0.4), M),
+    ),
+    "StudentT(9,0.2,0.8)": (
+        studentt_cumulants,
+        (9.0, 0.2, 0.8),
+        4,
+        lambda: _studentt_moments(9.0, 0.2, 0.8, 4),
+    ),
+    "Poisson(2.5)": (
+        poisson_cumulants,
+        (2.5,),
+        M,
+        lambda: _mp_series_moments(_mp_poisson_log_pmf(mp.mpf(2.5)), M, 80),
+    ),
+    "Bernoulli(0.35)": (bernoulli_cumulants, (0.35,), M, lambda: [0.35] * M),
+    "Binomial(6,0.35)": (
+        binomial_cumulants,
+        (6.0, 0.35),
+        M,
+        lambda: _mp_binomial_moments(6, mp.mpf(0.35), M),
+    ),
+    "Geometric(0.4)": (
+        geometric_cumulants,
+        (0.4,),
+        M,
+        lambda: _mp_series_moments(_mp_geometric_log_pmf(mp.mpf(0.4)), M, 300),
+    ),
+    "NegBinomial(2.5,0.45)": (
+        negative_binomial_cumulants,
+        (2.5, 0.45),
+        M,
+        lambda: _mp_series_moments(_mp_negbin_log_pmf(mp.mpf(2.5), mp.mpf(0.45)), M, 250),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MOMENT_CASES))
+def test_cumulants_match_raw_moments(case):
+    # The reference moments are exact (closed forms, or sums in 40-digit mpmath with a tail below
+    # 1e-40); the cumulants and the Bell recursion in float64 round at ~1e-15 relative (positive
+    # terms, or moments dominated by kappa_1^n), so 1e-9 is far from any honest failure.
+    fn, values, order, moment_fn = MOMENT_CASES[case]
+    kappas = fn(*[torch.tensor(v, dtype=F64) for v in values], order)
+    assert kappas.dtype == F64 and kappas.shape == (order,)
+    with mp.workdps(40):
+        expected = _to_tensor(moment_fn())
+    torch.testing.assert_close(_moments_from_cumulants(kappas), expected, rtol=1e-9, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. appendix (A'): float32 stability of the Beta recursion (and of LogNormal and Bernoulli)
+# ---------------------------------------------------------------------------------------------
+
+
+def _mp_reference(params32, mp_kappa_fn):
+    """60-digit cumulants at the exact values of the float32 parameters."""
+    with mp.workdps(60):
+        return _to_tensor(mp_kappa_fn(*[mp.mpf(float(p)) for p in params32]), dtype=F64)
+
+
+@pytest.mark.parametrize("a, b", [(2, 3), (0.8, 0.9), (20, 30), (200, 300)])
+def test_beta_float32_stable(a, b):
+    # Appendix (A'): the stable recursion reaches <= 2.6e-6 in float32 for kappa_1..kappa_12
+    # (about 40 ulp); 1e-5 is the acceptance bound of the brief. float64 reaches <= 3.3e-15.
+    order = 12
+    a32, b32 = torch.tensor(float(a), dtype=F32), torch.tensor(float(b), dtype=F32)
+    expected = _mp_reference((a32, b32), lambda x, y: _mp_cumulants(_mp_beta_moments(x, y, order)))
+    actual32 = beta_cumulants(a32, b32, order)
+    assert actual32.dtype == F32
+    assert _max_rel_err(actual32, expected) < 1e-5
+    actual64 = beta_cumulants(a32.double(), b32.double(), order)
+    assert _max_rel_err(actual64, expected) < 1e-13
+
+
+def test_beta_naive_recursion_fails_in_float32():
+    # The reference above does catch the failure mode of appendix (A'): the raw-moment recursion in
+    # float32 is off by ~5e4 for Beta(20, 30) (kappa_6 already by 120%).
+    order = 12
+    a32, b32 = torch.tensor(20.0, dtype=F32), torch.tensor(30.0, dtype=F32)
+    expected = _mp_reference((a32, b32), lambda x, y: _mp_cumulants(_mp_beta_moments(x, y, order)))
+    moments, m = [], torch.ones((), dtype=F32)
+    for i in range(order):
+        m = m * (a32 + i) / (a32 + b32 + i)
+        moments.append(m)
+    kappas = [None]
+    for n in range(1, order + 1):
+        terms = [math.comb(n - 1, i - 1) * kappas[i] * moments[n - i - 1] for i in range(1, n)]
+        kappas.append(moments[n - 1] - sum(terms))
+    assert _max_rel_err(torch.stack(kappas[1:]), expected) > 1.0
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.4, 1.0])
+def test_lognormal_float32_stable(sigma):
+    # kappa_n / m_n = O(sigma^{2n-2}): the raw-moment recursion would lose all float32 digits at
+    # sigma = 0.05 by n = 4. The positive-coefficient polynomial in t = expm1(sigma^2) has relative
+    # error about (degree n(n-1)/2 + |log kappa_n|) ulp, i.e. <= ~5e-6 at n = 8 in float32.
+    order = 8
+    mu32, s32 = torch.tensor(0.2, dtype=F32), torch.tensor(sigma, dtype=F32)
+    expected = _mp_reference(
+        (mu32, s32), lambda x, y: _mp_cumulants(_mp_lognormal_moments(x, y, order))
+    )
+    assert _max_rel_err(lognormal_cumulants(mu32, s32, order), expected) < 1e-5
+    assert _max_rel_err(lognormal_cumulants(mu32.double(), s32.double(), order), expected) < 1e-13
+
+
+@pytest.mark.parametrize("p", [1e-3, 0.35, 0.999])
+def test_bernoulli_float32_stable(p):
+    # Bernstein form: near p = 0 or 1 a single term dominates (no cancellation), error ~ 2n ulp.
+    # At p = 0.35 kappa_6 = pq(1 - 26pq + 66(pq)^2) cancels by a factor ~10 (a nearby root).
+    order = 6
+    p32 = torch.tensor(p, dtype=F32)
+    expected = _mp_reference((p32,), lambda x: _mp_cumulants(_mp_binomial_moments(1, x, order)))
+    assert _max_rel_err(bernoulli_cumulants(p32, order), expected) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# appendix (B): the truncated series with these coefficients
+# ---------------------------------------------------------------------------------------------
+
+C = -0.49  # f(z) = exp(C z)
+
+
+def _truncated_series(kappas, wrt, expectations):
+    """T_N = sum_n a_n E[f^{(n)}(z)] for n = 1..N, N = len(expectations)."""
+    a = _coefficients(kappas[: len(expectations)], wrt)
+    return float((a * torch.tensor(expectations, dtype=F64)).sum())
+
+
+def _assert_printed(value, printed):
+    """``value`` agrees with a number printed with 7 significant digits (appendix (B))."""
+    g = float(printed)
+    half_unit = 0.5 * 10 ** (math.floor(math.log10(abs(g))) - 6)
+    assert abs(value - g) <= half_unit * (1 + 1e-9), (value, printed)
+
+
+# (kappa function of the leaves, leaves, parameter, printed g for (z-0.49)^2, printed g for z^3-z)
+POLYNOMIAL_ROWS = {
+    "Normal-mu": (normal_cumulants, (0.3, 0.8), 0, "-0.38", "1.19"),
+    "Normal-sigma": (normal_cumulants, (0.3, 0.8), 1, "1.6", "1.44"),
+    "Laplace(0.7)-mu": (laplace_cumulants, (0.3, 0.7), 0, "-0.38", "2.21"),
+    "Laplace(0.7)-b": (laplace_cumulants, (0.3, 0.7), 1, "2.8", "2.52"),
+    "Laplace(0.25)-b": (laplace_cumulants, (0.3, 0.25), 1, "1", "0.9"),
+    "Gamma(2.5,0.8)-k": (gamma_cumulants, (2.5, 1.25), 0, "3.056", "17.504"),
+    "Gamma(0.6,2.5)-k": (gamma_cumulants, (0.6, 0.4), 0, "11.3", "101.875"),
+    "Exponential(1.5)": (exponential_cumulants, (1.5,), 0, "-0.7496296", "-3.111111"),
+    "Chi2(3)": (chi2_cumulants, (3.0,), 0, "7.02", "70"),
+    "LogNormal-sigma": (lognormal_cumulants, (0.1, 0.4), 1, "2.221935", "9.504614"),
+    "StudentT-loc": (studentt_cumulants, (5.0, 0.2, 0.8), 1, "-0.58", "2.32"),
+    "StudentT-sigma": (studentt_cumulants, (5.0, 0.2, 0.8), 2, "2.666667", "1.6"),
+    "StudentT-nu": (studentt_cumulants, (5.0, 0.2, 0.8), 0, "-0.1422222", "-0.08533333"),
+    "Beta(2,3)-alpha": (beta_cumulants, (2.0, 3.0), 0, "-0.02426667", "-0.05442177"),
+    "Beta(2,3)-beta": (beta_cumulants, (2.0, 3.0), 1, "0.005066667", "0.02176871"),
+    "Beta(0.8,0.9)-alpha": (beta_cumulants, (0.8, 0.9), 0, "-0.03948054", None),
+    "Beta(0.8,0.9)-beta": (beta_cumulants, (0.8, 0.9), 1, "-0.02945876", None),
+    "Poisson(2.5)": (poisson_cumulants, (2.5,), 0, "5.02", "33.75"),
+    "Binomial(6,0.35)-p": (binomial_cumulants, (6.0, 0.35), 1, "21.12", "107.1"),
+    "Geometric(0.4)": (geometric_cumulants, (0.4,), 0, "-37.625", "-365.625"),
+    "NegBinomial-q": (negative_binomial_cumulants, (2.5, 0.45), 1, "47.49812", "403.4048"),
+    "NegBinomial-r": (negative_binomial_cumulants, (2.5, 0.45), 0, "4.032893", "31.63017"),
+}
+
+
+@pytest.mark.parametrize("row", list(POLYNOMIAL_ROWS))
+def test_truncated_series_exact_for_polynomials(row):
+    # MATH.md 1.3: T_N is exact for deg f <= N. E f^{(n)} comes from the moments of the family's
+    # own cumulants; the truncated series must reproduce the true gradient printed in (B) for
+    # every N >= deg f (N <= 4 for the Student-t, whose kappa_n exist only for n < nu = 5).
+    fn, values, index, g_quadratic, g_cubic = POLYNOMIAL_ROWS[row]
+    leaves = [_leaf(v) for v in values]
+    order = 4 if fn is studentt_cumulants else ORDER
+    kappas = fn(*leaves, order)
+    m = [1.0] + _moments_from_cumulants(kappas.detach()).tolist()
+    quadratic = [2 * m[1] - 2 * 0.49, 2.0]  # f = (z - 0.49)^2: E f' and E f''
+    cubic = [3 * m[2] - 1, 6 * m[1], 6.0]  # f = z^3 - z
+    for expectations, printed in [(quadratic, g_quadratic), (cubic, g_cubic)]:
+        if printed is None:
+            continue
+        for n in range(len(expectations), order + 1):
+            padded = expectations + [0.0] * (n - len(expectations))
+            _assert_printed(_truncated_series(kappas, leaves[index], padded), printed)
+
+
+def _mp_mgf(name):
+    """M_theta(C) as an mpmath function of the differentiated parameter (closed forms)."""
+    c = mp.mpf(C)
+    return {
+        "Laplace(0.7)-b": lambda b: mp.exp(mp.mpf(0.3) * c) / (1 - b**2 * c**2),
+        "Laplace(0.25)-b": lambda b: mp.exp(mp.mpf(0.3) * c) / (1 - b**2 * c**2),
+        "Gamma(2.5,0.8)-k": lambda k: (1 - mp.mpf(0.8) * c) ** -k,
+        "Gamma(0.6,2.5)-k": lambda k: (1 - mp.mpf(2.5) * c) ** -k,
+        "Exponential(1.5)": lambda lam: lam / (lam - c),
+        "Chi2(3)": lambda nu: (1 - 2 * c) ** (-nu / 2),
+        "Beta(2,3)-alpha": lambda a: mp.hyp1f1(a, a + 3, c),
+        "Beta(2,3)-beta": lambda b: mp.hyp1f1(2, 2 + b, c),
+        "Poisson(2.5)": lambda lam: mp.exp(lam * (mp.exp(c) - 1)),
+        "Binomial(6,0.35)-p": lambda p: (1 - p + p * mp.exp(c)) ** 6,
+        "Geometric(0.4)": lambda p: p / (1 - (1 - p) * mp.exp(c)),
+        "NegBinomial-q": lambda q: ((1 - q) / (1 - q * mp.exp(c))) ** mp.mpf(2.5),
+        "NegBinomial-r": lambda r: ((1 - mp.mpf(0.45)) / (1 - mp.mpf(0.45) * mp.exp(c))) ** r,
+        "LogNormal-sigma": lambda s: mp.quad(
+            lambda e: mp.npdf(e) * mp.exp(c * mp.exp(mp.mpf(0.1) + s * e)), [-mp.inf, 0, mp.inf]
+        ),
+    }[name]
+
+
+# row: (printed true gradient g, printed relative errors (T_N - g)/|g| for N = 1..8)
+EXP_ROWS = {
+    "Laplace(0.7)-b": ("0.3727315", "-1e+00 -1e-01 -1e-01 -1e-02 -1e-02 -2e-03 -2e-03 -2e-04"),
+    "Laplace(0.25)-b": ("0.1068203", "-1e+00 -2e-02 -2e-02 -2e-04 -2e-04 -3e-06 -3e-06 -5e-08"),
+    "Gamma(2.5,0.8)-k": ("-0.1446741", "-2e-01 5e-02 -1e-02 4e-03 -1e-03 5e-04 -2e-04 5e-05"),
+    "Gamma(0.6,2.5)-k": ("-0.4949485", "-5e-01 4e-01 -4e-01 3e-01 -3e-01 4e-01 -4e-01 4e-01"),
+    "Exponential(1.5)": ("0.1237342", "3e-01 -1e-01 3e-02 -1e-02 4e-03 -1e-03 4e-04 -1e-04"),
+    "Chi2(3)": ("-0.1225898", "-4e-01 3e-01 -2e-01 1e-01 -1e-01 1e-01 -8e-02 7e-02"),
+    "LogNormal-sigma": ("-0.04660679", "-2e+00 4e-01 -9e-02 2e-02 -6e-03 2e-03 -5e-04 2e-04"),
+    "Beta(2,3)-alpha": ("-0.04877733", "4e-03 -1e-03 8e-06 2e-06 -5e-08 -3e-09 2e-10 3e-12"),
+    "Beta(2,3)-beta": ("0.03143712", "3e-02 4e-04 -6e-05 1e-07 1e-07 -2e-09 -2e-10 9e-12"),
+    "Poisson(2.5)": ("-0.1470769", "-3e-01 4e-02 -6e-03 6e-04 -5e-05 3e-06 -2e-07 1e-08"),
+    "Binomial(6,0.35)-p": ("-1.121769", "-9e-02 -1e-02 3e-03 1e-04 -8e-05 2e-06 2e-06 -1e-07"),
+    "Geometric(0.4)": ("0.9685301", "1e+00 -1e+00 9e-01 -9e-01 8e-01 -8e-01 8e-01 -7e-01"),
+    "NegBinomial-q": ("-1.22141", "-7e-01 4e-01 -3e-01 2e-01 -9e-02 6e-02 -4e-02 2e-02"),
+    "NegBinomial-r": ("-0.1383277", "-5e-01 2e-01 -9e-02 4e-02 -2e-02 1e-02 -6e-03 3e-03"),
+}
+
+
+@pytest.mark.parametrize("row", list(EXP_ROWS))
+def test_truncated_series_exp_matches_appendix(row):
+    # f = exp(C z): E f^{(n)} = C^n M(C) and the true gradient is d M(C) / d theta (mpmath, 30
+    # digits). Every printed relative error of T_1..T_8 must come out identically at one
+    # significant digit; Beta's 3e-12 at N = 8 needs a_1..a_8 correct to ~1e-13 relative.
+    fn, values, index = POLYNOMIAL_ROWS[row][:3]
+    g_printed, errors_printed = EXP_ROWS[row]
+    leaves = [_leaf(v) for v in values]
+    kappas = fn(*leaves, ORDER)
+    with mp.workdps(30):
+        mgf = _mp_mgf(row)
+        theta = mp.mpf(values[index])
+        g = float(mp.diff(mgf, theta))
+        m_c = float(mgf(theta))
+    _assert_printed(g, g_printed)
+    errors = []
+    for n in range(1, ORDER + 1):
+        t_n = _truncated_series(kappas, leaves[index], [C**j * m_c for j in range(1, n + 1)])
+        errors.append(f"{(t_n - g) / abs(g):.0e}")
+    assert " ".join(errors) == errors_printed
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. gradients flow, broadcasting, series coefficients
+# ---------------------------------------------------------------------------------------------
+
+
+def test_series_coefficients():
+    kappas = torch.randn(2, 3, 10, dtype=F64, generator=torch.Generator().manual_seed(0))
+    factorials = torch.tensor([math.factorial(n) for n in range(1, 11)], dtype=F64)
+    torch.testing.assert_close(series_coefficients(kappas), kappas / factorials, rtol=1e-15, atol=0)
+
+
+def test_beta_gradients_flow_and_broadcast():
+    a = torch.tensor([[0.8], [2.0], [20.0]], dtype=F64, requires_grad=True)
+    b = torch.tensor([0.9, 3.0, 30.0, 300.0], dtype=F64, requires_grad=True)
+    coefs = series_coefficients(beta_cumulants(a, b, 8))
+    assert coefs.shape == (3, 4, 8)
+    grad_a, grad_b = torch.autograd.grad(coefs.sum(), (a, b))
+    assert grad_a.shape == a.shape and grad_b.shape == b.shape
+    assert torch.isfinite(grad_a).all() and torch.isfinite(grad_b).all()
+    # the batched result equals the elementwise one
+    single = beta_cumulants(a[1, 0], b[2], 8)
+    torch.testing.assert_close(beta_cumulants(a, b, 8)[1, 2], single, rtol=0, atol=0)
+
+
+def _univariate(shapes_seed=0, dtype=F64, shapes=((3, 1), (4,))):
+    """(name, function, args) for every univariate family, parameters of the given shapes."""
+    gen = torch.Generator().manual_seed(shapes_seed)
+
+    def u(lo, hi, shape):
+        return lo + (hi - lo) * torch.rand(shape, dtype=dtype, generator=gen)
+
+    s1, s2 = shapes
+    return [
+        ("normal", normal_cumulants, (u(-1, 1, s1), u(0.5, 2, s2))),
+        ("delta", delta_cumulants, (u(-1, 1, s1),)),
+        ("laplace", laplace_cumulants, (u(-1, 1, s1), u(0.5, 2, s2))),
+        ("gamma", gamma_cumulants, (u(0.5, 3, s1), u(0.5, 2, s2))),
+        ("exponential", exponential_cumulants, (u(0.5, 2, s1),)),
+        ("chi2", chi2_cumulants, (u(1, 5, s1),)),
+        ("beta", beta_cumulants, (u(0.5, 5, s1), u(0.5, 5, s2))),
+        ("lognormal", lognormal_cumulants, (u(-1, 1, s1), u(0.2, 1, s2))),
+        ("studentt", studentt_cumulants, (u(9, 12, s1), u(-1, 1, s2), u(0.5, 2, s1))),
+        ("poisson", poisson_cumulants, (u(0.5, 5, s1),)),
+        ("bernoulli", bernoulli_cumulants, (u(0.1, 0.9, s1),)),
+        ("binomial", binomial_cumulants, (u(1, 10, s1).round(), u(0.1, 0.9, s2))),
+        ("geometric", geometric_cumulants, (u(0.2, 0.9, s1),)),
+        ("negbin", negative_binomial_cumulants, (u(0.5, 5, s1), u(0.1, 0.8, s2))),
+    ]
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _univariate()])
+def test_broadcast_and_gradients(name):
+    _, fn, args = next(c for c in _univariate() if c[0] == name)
+    args = [x.requires_grad_() for x in args]
+    order = 4 if fn is studentt_cumulants else 6
+    kappas = fn(*args, order)
+    batch_shape = torch.broadcast_shapes(*[x.shape for x in args])
+    assert kappas.shape == batch_shape + (order,)
+    grads = torch.autograd.grad(series_coefficients(kappas).sum(), args)
+    for x, g in zip(args, grads):
+        assert g.shape == x.shape and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _univariate()])
+def test_dtype_kept(name):
+    # float32 plumbing only (no float64 constant promotes the result, values consistent); the
+    # float32 accuracy proper is tested in section 3. Parameters are exact in float32.
+    order = 4 if name == "studentt" else 6
+    _, fn, args64 = next(c for c in _univariate() if c[0] == name)
+    args32 = [x.float() for x in args64]
+    out32 = fn(*args32, order)
+    out64 = fn(*[x.double() for x in args32], order)
+    assert out32.dtype == F32 and out64.dtype == F64
+    torch.testing.assert_close(out32.double(), out64, rtol=1e-4, atol=0)
+    assert series_coefficients(out32).dtype == F32
+
+
+def test_python_numbers_and_integer_tensors():
+    assert normal_cumulants(0.0, 1.0, 3).dtype == torch.get_default_dtype()
+    out = binomial_cumulants(torch.tensor(6), torch.tensor(0.35, dtype=F64), 3)
+    assert out.dtype == F64
+    torch.testing.assert_close(out[0], torch.tensor(6 * 0.35, dtype=F64))
+
+
+@pytest.mark.parametrize("order", [0, -1, 2.0, True, "exact"])
+def test_invalid_order(order):
+    with pytest.raises(ValueError, match="order"):
+        gamma_cumulants(1.0, 1.0, order)
+
+
+def test_studentt_order_limit():
+    assert studentt_cumulants(9.0, 0.0, 1.0, 4).shape == (4,)
+    with pytest.raises(ValueError, match='only implemented up to order 4.*use order="exact"'):
+        studentt_cumulants(9.0, 0.0, 1.0, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# multivariate families
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mvn_cumulants():
+    gen = torch.Generator().manual_seed(1)
+    loc = torch.randn(2, 1, 3, dtype=F64, generator=gen, requires_grad=True)
+    raw = torch.randn(4, 3, 3, dtype=F64, generator=gen)
+    scale_tril = (raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp()))
+    scale_tril.requires_grad_()
+    mean, cov = mvn_cumulants(loc, scale_tril)
+    assert mean.shape == (2, 4, 3) and cov.shape == (2, 4, 3, 3)
+    reference = torch.distributions.MultivariateNormal(loc, scale_tril=scale_tril)
+    torch.testing.assert_close(cov, reference.covariance_matrix, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mean, reference.mean, rtol=0, atol=0)
+    grads = torch.autograd.grad(mean.sum() + cov.sum(), (loc, scale_tril))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_dirichlet_cumulants():
+    alpha = torch.tensor([[1.5, 2.0, 2.5], [0.3, 4.0, 10.0]], dtype=F64, requires_grad=True)
+    mean, cov = dirichlet_cumulants(alpha)
+    a0 = alpha.sum(-1, keepdim=True)
+    # independent route: raw second moments E z_j z_k = a_j (a_k + delta_jk) / (a0 (a0 + 1))
+    second = (alpha.unsqueeze(-1) * (alpha.unsqueeze(-2) + torch.eye(3, dtype=F64))) / (
+        a0 * (a0 + 1)
+    ).unsqueeze(-1)
+    expected = second - (alpha / a0).unsqueeze(-1) * (alpha / a0).unsqueeze(-2)
+    torch.testing.assert_close(mean, alpha / a0, rtol=1e-15, atol=0)
+    torch.testing.assert_close(cov, expected, rtol=1e-12, atol=1e-15)
+    # z lies on the simplex: every row of the covariance sums to zero
+    torch.testing.assert_close(cov.sum(-1), torch.zeros(2, 3, dtype=F64), rtol=0, atol=1e-15)
+    (grad,) = torch.autograd.grad(cov.sum() + mean.sum(), alpha)
+    assert torch.isfinite(grad).all()
+    cov32 = dirichlet_cumulants(alpha.detach().float())[1]
+    assert cov32.dtype == F32
