@@ -101,7 +101,9 @@ def _get_fsbp_options(site):
         flags[key] = infer.get(key, default)
         if not isinstance(flags[key], bool):
             raise ValueError(f"Site '{name}': {key} must be True or False, got {flags[key]!r}.")
-    return FSBPOptions(estimator, order, num_aux, coordinates, flags["separable"], flags["vectorize"])
+    return FSBPOptions(
+        estimator, order, num_aux, coordinates, flags["separable"], flags["vectorize"]
+    )
 
 
 def _config_fsbp_fn(sites, options, msg):

@@ -23,14 +23,14 @@ References
 from collections import namedtuple
 
 import torch
+from pyro import poutine
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import scale_and_mask
-from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.poutine.guide import GuideMessenger
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from pyro.ops.provenance import detach_provenance
+from pyro.poutine.guide import GuideMessenger
 from pyro.util import check_if_enumerated
 
 from pyro_fsbp.infer.config import _get_fsbp_options

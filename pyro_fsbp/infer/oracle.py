@@ -25,6 +25,7 @@ derivatives.
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.infer.util import is_validation_enabled
 from pyro.ops.provenance import detach_provenance, get_provenance
 from torch.distributions import Beta, Dirichlet, Gamma, Independent
 
@@ -85,6 +86,14 @@ def _get_site_dependents(name, model_trace, guide_trace):
         for n, site in guide_trace.nodes.items()
         if site["type"] == "sample" and n != name and name in get_provenance(site["log_prob"])
     ]
+    if name in model_trace.nodes and name not in model_deps:
+        # the model's own density of the site always depends on its value: provenance was lost
+        raise ValueError(
+            f"Site '{name}': FSBP lost track of which costs depend on '{name}' (its model "
+            "log-density shows no dependence). This happens when the value is cast to another "
+            "dtype or device (e.g. float32 parameters in a float64 program) or leaves torch "
+            "(numpy, .item()). Keep model and guide tensors in one dtype and device."
+        )
     return model_deps, guide_deps
 
 
@@ -113,7 +122,9 @@ def _check_dependents(name, rule, order, model_trace, guide_trace, model_deps, g
                 f"from '{name}'."
             )
         needed = rule.fourier_derivative_order(order)
-        if needed >= 2 and any(isinstance(d, _NO_SECOND_ORDER_RSAMPLE) for d in _base_distributions(fn)):
+        if needed >= 2 and any(
+            isinstance(d, _NO_SECOND_ORDER_RSAMPLE) for d in _base_distributions(fn)
+        ):
             raise ValueError(
                 f"Site '{name}': its FSBP rule needs derivatives of order {needed} of the cost, "
                 f"but the downstream guide site '{dep}' samples with torch's "
@@ -170,7 +181,10 @@ class _TraceCost:
         model_trace.compute_log_prob(lambda n, s: n in self.model_deps)
         guide_trace.compute_log_prob(lambda n, s: n in self.guide_deps)
         total = 0.0
-        for trace, deps, sign in ((model_trace, self.model_deps, 1), (guide_trace, self.guide_deps, -1)):
+        for trace, deps, sign in (
+            (model_trace, self.model_deps, 1),
+            (guide_trace, self.guide_deps, -1),
+        ):
             for dep in deps:
                 total = total + sign * self._reduce(trace.nodes[dep]["log_prob"], M, width, dep)
         if not torch.is_tensor(total):  # no cost depends on the site
@@ -205,4 +219,5 @@ def _build_oracle(context, name, rule, options, model_deps, guide_deps):
         coordinates=options.coordinates,
         separable=options.separable,
         name=name,
+        validate=is_validation_enabled(),
     )

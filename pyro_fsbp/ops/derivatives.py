@@ -83,6 +83,7 @@ class CostOracle:
     :param str coordinates: ``"all"`` or ``"sample"``.
     :param bool separable: one evaluation serves all coordinates (the cost does not couple them).
     :param str name: site name, for error messages.
+    :param bool validate: probe a ``separable=True`` promise once (one Hessian-vector product).
 
     Example::
 
@@ -96,7 +97,15 @@ class CostOracle:
     """
 
     def __init__(
-        self, cost_fn, value, event_dim, plate_dims, coordinates="all", separable=False, name=""
+        self,
+        cost_fn,
+        value,
+        event_dim,
+        plate_dims,
+        coordinates="all",
+        separable=False,
+        name="",
+        validate=False,
     ):
         self.cost_fn = cost_fn
         self.value = value.detach()
@@ -111,6 +120,7 @@ class CostOracle:
         )
         self.num_coords = math.prod(self.coord_shape)
         self.batch_ndim = len(shape) - event_dim
+        self._unchecked = separable and validate and self.num_coords > 1
 
     # ----- bases of coordinates ---------------------------------------------------------------
     def _basis(self, block):
@@ -138,7 +148,27 @@ class CostOracle:
         chosen = (onehot.to(basis.dtype) * basis).sum(0)  # coord_shape x plate_shape -> shape
         return chosen.unsqueeze(0), float(n)
 
+    def _check_separable(self):
+        """Probe ``separable=True``: mixed second derivatives along a random coordinate are 0."""
+        self._unchecked = False
+        chosen, _ = self._sampled_basis(block=False)
+        try:
+            _, (_, hvp) = _directional_derivatives(self.cost_fn, self.value.unsqueeze(0), chosen, 2)
+        except (RuntimeError, NotImplementedError):
+            return  # the cost cannot be differentiated twice: nothing to probe with
+        mixed = (hvp * (1 - chosen)).abs().max()
+        tol = 1e3 * torch.finfo(hvp.dtype).eps * (hvp.abs().max() + 1)
+        if mixed > tol:
+            raise ValueError(
+                f"Site '{self.name}': separable=True promises that the cost does not couple the "
+                f"site's coordinates, but a probe found a mixed second derivative of size "
+                f"{float(mixed):.3g}. Remove separable=True (the default evaluates one "
+                "coordinate at a time, which is unbiased for any cost)."
+            )
+
     def _directions(self, block):
+        if self._unchecked:
+            self._check_separable()
         if self.separable or self.num_coords == 1 and not block:
             return torch.ones_like(self.value).unsqueeze(0), 1.0, False
         if block and self.num_coords == math.prod(self.coord_shape[self.batch_ndim :]):
