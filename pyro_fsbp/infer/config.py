@@ -111,14 +111,21 @@ def _config_fsbp_fn(sites, options, msg):
         return {}
     if sites is not None and msg["name"] not in sites:
         return {}
-    if "estimator" in msg["infer"]:  # never overwrite an explicit annotation
+    infer = msg["infer"]
+    # never overwrite an explicit annotation (an estimator, even None, or enumeration)
+    if "estimator" in infer or infer.get("enumerate"):
         return {}
     from pyro_fsbp.infer.oracle import _unwrap
 
     rule = _unwrap(msg["fn"])[0]
     if rule is None or getattr(rule, "fourier_gradient_at_sample_only", False):
         return {}  # no rule, or a Delta site: FSBP would be plain backpropagation
-    return dict(options)
+    if options["estimator"] == "local_expectation" and not getattr(
+        rule, "fourier_local_expectation", False
+    ):
+        return {}  # a continuous or count site has no local-expectation rule
+    # FSBP keys the site sets itself (e.g. infer={"order": 3}) win over the bulk options
+    return {k: v for k, v in options.items() if k not in infer}
 
 
 def config_fsbp(guide=None, estimator="fourier", order="exact", sites=None, **options):
@@ -126,21 +133,28 @@ def config_fsbp(guide=None, estimator="fourier", order="exact", sites=None, **op
     Marks the sample sites of a guide for FSBP, like ``config_enumerate``: every latent site whose
     family has a Fourier rule (all of them, or those named in ``sites``) gets
     ``infer={"estimator": estimator, "order": order, **options}``. Sites that already have an
-    ``estimator`` are left as they are, so explicit annotations win; Delta sites are skipped
-    (their rule is ordinary backpropagation). Works on AutoGuides (it marks their auxiliary
-    latent sites).
+    ``estimator`` (even ``None``, an explicit opt-out) or ``enumerate`` are left as they are, and
+    FSBP keys a site sets itself (``infer={"order": 3}``) are kept, so explicit annotations win.
+    Delta sites are skipped (their rule is ordinary backpropagation), and so is every site without
+    a local-expectation rule when ``estimator="local_expectation"``. Works on AutoGuides (it marks
+    their auxiliary latent sites).
 
     Usable as a function ``guide = config_fsbp(guide)`` or a decorator ``@config_fsbp(order=2)``.
 
     :param callable guide: a guide.
     :param str estimator: ``"fourier"`` or ``"local_expectation"``.
     :param order: ``"exact"`` or an int ``N >= 1``.
-    :param sites: optional collection of site names to mark.
+    :param sites: optional site name or collection of site names to mark.
     :param options: other FSBP keys (``num_aux``, ``coordinates``, ``separable``, ``vectorize``).
     """
     config = {"estimator": estimator, "order": order, **options}
     # validate once, on a fake site, so that a typo fails here and not at the first step
-    _get_fsbp_options({"name": "<config_fsbp>", "infer": config, "is_observed": False})
+    try:
+        _get_fsbp_options({"name": "<config_fsbp>", "infer": config, "is_observed": False})
+    except ValueError as e:
+        raise ValueError(str(e).replace("Site '<config_fsbp>'", "config_fsbp()")) from None
+    if isinstance(sites, str):
+        sites = [sites]  # one site name, not its characters
     sites = None if sites is None else frozenset(sites)
     if guide is None:
         return lambda guide: config_fsbp(guide, estimator, order, sites, **options)

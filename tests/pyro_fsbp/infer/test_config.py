@@ -1,0 +1,315 @@
+"""Site options: the ``infer``-dict parser :func:`_get_fsbp_options` and :func:`config_fsbp`."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import SVI
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_fsbp import FSBP_ELBO, config_fsbp
+from pyro_fsbp.infer.config import FSBPOptions, _get_fsbp_options
+
+VALID_KEYS = ["coordinates", "estimator", "num_aux", "order", "separable", "vectorize"]
+
+
+@pytest.fixture(autouse=True)
+def _float64_validated():
+    """float64, validation on, a fresh param store and seed (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(True):
+        yield
+    torch.set_default_dtype(old)
+
+
+def _site(infer, name="z", is_observed=False):
+    return {"name": name, "infer": infer, "is_observed": is_observed}
+
+
+def _marks(guide, *args):
+    """``{name: infer}`` of the latent sample sites of one run of ``guide``."""
+    trace = poutine.trace(guide).get_trace(*args)
+    return {
+        name: site["infer"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+# ----- _get_fsbp_options ------------------------------------------------------------------------
+def test_options_unmarked_site_is_none():
+    assert _get_fsbp_options(_site({})) is None
+    assert _get_fsbp_options({"name": "z", "is_observed": False}) is None
+    assert _get_fsbp_options(_site({"estimator": None})) is None
+
+
+def test_options_defaults():
+    options = _get_fsbp_options(_site({"estimator": "fourier"}))
+    assert options == FSBPOptions(
+        estimator="fourier",
+        order="exact",
+        num_aux=1,
+        coordinates="all",
+        separable=False,
+        vectorize=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("estimator", "fourier"),
+        ("estimator", "local_expectation"),
+        ("order", "exact"),
+        ("order", 1),
+        ("order", 2),
+        ("order", 7),
+        ("num_aux", 1),
+        ("num_aux", 16),
+        ("coordinates", "all"),
+        ("coordinates", "sample"),
+        ("separable", True),
+        ("separable", False),
+        ("vectorize", True),
+        ("vectorize", False),
+    ],
+)
+def test_options_valid_value(key, value):
+    options = _get_fsbp_options(_site({"estimator": "fourier", key: value}))
+    assert getattr(options, key) == value
+
+
+@pytest.mark.parametrize(
+    "key, value, hint",
+    [
+        ("order", 0, "'exact' or an int N >= 1"),
+        ("order", -1, "'exact' or an int N >= 1"),
+        ("order", 1.5, "'exact' or an int N >= 1"),
+        ("order", True, "'exact' or an int N >= 1"),
+        ("order", "series", "'exact' or an int N >= 1"),
+        ("order", None, "'exact' or an int N >= 1"),
+        ("num_aux", 0, "int >= 1"),
+        ("num_aux", -2, "int >= 1"),
+        ("num_aux", 2.0, "int >= 1"),
+        ("num_aux", True, "int >= 1"),
+        ("coordinates", "some", "'all' or 'sample'"),
+        ("separable", "yes", "True or False"),
+        ("separable", 1, "True or False"),
+        ("vectorize", "no", "True or False"),
+        ("estimator", "fsbp", "'fourier', 'local_expectation'"),
+    ],
+)
+def test_options_invalid_value(key, value, hint):
+    infer = {"estimator": "fourier", key: value}
+    with pytest.raises(ValueError, match="Site 'my_site'") as info:
+        _get_fsbp_options(_site(infer, name="my_site"))
+    assert hint in str(info.value)
+    assert repr(value) in str(info.value)
+
+
+def test_options_unknown_key():
+    with pytest.raises(ValueError, match="Site 'my_site'") as info:
+        _get_fsbp_options(_site({"estimator": "fourier", "ordr": 2}, name="my_site"))
+    message = str(info.value)
+    assert "'ordr'" in message
+    assert str(VALID_KEYS) in message
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("is_auxiliary", True),
+        ("enumerate", None),
+        ("expand", False),
+        ("num_samples", 3),
+        ("tmc", "diagonal"),
+        ("baseline", {"use_decaying_avg_baseline": True}),
+        ("was_observed", False),
+        ("prior", None),
+        ("_enumerate_dim", -3),
+        ("_do_not_trace", False),
+        ("_my_private_key", object()),
+    ],
+)
+def test_options_host_keys_are_not_rejected(key, value):
+    assert _get_fsbp_options(_site({"estimator": "fourier", key: value})) is not None
+
+
+def test_options_enumerate_and_estimator_rejected():
+    infer = {"estimator": "fourier", "enumerate": "parallel"}
+    with pytest.raises(ValueError, match="Site 'z' has both 'enumerate' and 'estimator'"):
+        _get_fsbp_options(_site(infer))
+
+
+@pytest.mark.parametrize("key", ["order", "num_aux", "coordinates", "separable", "vectorize"])
+def test_options_fsbp_key_without_estimator(key):
+    value = {"order": 2, "num_aux": 2, "coordinates": "sample"}.get(key, True)
+    with pytest.raises(ValueError, match="Site 'my_site'") as info:
+        _get_fsbp_options(_site({key: value}, name="my_site"))
+    assert f"'{key}'" in str(info.value)
+    assert "'estimator'" in str(info.value)
+
+
+def test_options_observed_site_rejected():
+    with pytest.raises(ValueError, match="Site 'x' is observed") as info:
+        _get_fsbp_options(_site({"estimator": "fourier"}, name="x", is_observed=True))
+    assert "Remove the estimator" in str(info.value)
+
+
+# ----- config_fsbp ------------------------------------------------------------------------------
+def guide_all(data=None):
+    """A guide with one site of each kind that config_fsbp must handle."""
+    loc = pyro.param("loc", torch.tensor(0.0))
+    rate = pyro.param("rate", torch.tensor(2.0), constraint=dist.constraints.positive)
+    pyro.sample("normal", dist.Normal(loc, 1.0))
+    pyro.sample("gamma", dist.Gamma(rate, 1.0))
+    with pyro.plate("plate", 3):
+        pyro.sample("local", dist.Laplace(loc, 1.0))
+    pyro.sample("delta", dist.Delta(loc))
+    pyro.sample("uniform", dist.Uniform(0.0, rate))  # no rule
+    pyro.sample("explicit", dist.Normal(loc, 1.0), infer={"estimator": "fourier", "order": 3})
+    pyro.sample("observed", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
+
+
+MARKABLE = ["normal", "gamma", "local"]
+UNMARKABLE = ["delta", "uniform"]
+
+
+def _check_marked(marks, expected, names=MARKABLE):
+    for name in names:
+        assert marks[name] == expected, name
+    for name in UNMARKABLE:
+        assert "estimator" not in marks[name], name
+    assert marks["explicit"] == {"estimator": "fourier", "order": 3}
+
+
+def test_config_fsbp_function():
+    marks = _marks(config_fsbp(guide_all))
+    _check_marked(marks, {"estimator": "fourier", "order": "exact"})
+
+
+def test_config_fsbp_skips_observed_sites():
+    trace = poutine.trace(config_fsbp(guide_all)).get_trace()
+    assert trace.nodes["observed"]["is_observed"]
+    assert "estimator" not in trace.nodes["observed"]["infer"]
+
+
+def test_config_fsbp_options_are_passed():
+    guide = config_fsbp(guide_all, order=2, num_aux=3, coordinates="sample", vectorize=False)
+    expected = {
+        "estimator": "fourier",
+        "order": 2,
+        "num_aux": 3,
+        "coordinates": "sample",
+        "vectorize": False,
+    }
+    _check_marked(_marks(guide), expected)
+
+
+def test_config_fsbp_bare_decorator():
+    @config_fsbp
+    def guide():
+        guide_all()
+
+    _check_marked(_marks(guide), {"estimator": "fourier", "order": "exact"})
+
+
+def test_config_fsbp_decorator_with_options():
+    @config_fsbp(order=2, separable=True)
+    def guide():
+        guide_all()
+
+    expected = {"estimator": "fourier", "order": 2, "separable": True}
+    _check_marked(_marks(guide), expected)
+
+
+def test_config_fsbp_sites():
+    marks = _marks(config_fsbp(guide_all, sites=["gamma", "delta"]))
+    assert marks["gamma"] == {"estimator": "fourier", "order": "exact"}
+    for name in ["normal", "local", "delta", "uniform"]:
+        assert "estimator" not in marks[name], name
+    assert marks["explicit"] == {"estimator": "fourier", "order": 3}
+
+
+def test_config_fsbp_sites_single_name():
+    marks = _marks(config_fsbp(guide_all, sites="gamma"))
+    assert marks["gamma"] == {"estimator": "fourier", "order": "exact"}
+    assert "estimator" not in marks["normal"]
+
+
+def test_config_fsbp_never_overwrites():
+    def guide():
+        pyro.sample("a", dist.Normal(0.0, 1.0), infer={"estimator": "fourier", "order": 3})
+        # an explicit opt-out: estimator=None is an annotation too
+        pyro.sample("b", dist.Normal(0.0, 1.0), infer={"estimator": None})
+        pyro.sample("c", dist.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+        # FSBP keys the site sets itself win over the bulk options
+        pyro.sample("d", dist.Normal(0.0, 1.0), infer={"order": 3, "num_aux": 5})
+        pyro.sample("e", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+
+    marks = _marks(config_fsbp(guide, order=1, num_aux=2))
+    assert marks["a"] == {"estimator": "fourier", "order": 3}
+    assert marks["b"] == {"estimator": None}
+    assert marks["c"] == {"is_auxiliary": True, "estimator": "fourier", "order": 1, "num_aux": 2}
+    assert marks["d"] == {"estimator": "fourier", "order": 3, "num_aux": 5}
+    assert marks["e"] == {"enumerate": "parallel"}
+
+
+def test_config_fsbp_local_expectation_skips_continuous_sites():
+    marks = _marks(config_fsbp(guide_all, estimator="local_expectation"))
+    for name in MARKABLE + UNMARKABLE:
+        assert "estimator" not in marks[name], name
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"order": 0}, "invalid FSBP order 0"),
+        ({"order": "series"}, "invalid FSBP order 'series'"),
+        ({"num_aux": 0}, "invalid num_aux 0"),
+        ({"coordinates": "some"}, "invalid coordinates 'some'"),
+        ({"separable": "yes"}, "separable must be True or False"),
+        ({"estimator": "score"}, "unknown estimator 'score'"),
+        ({"ordr": 2}, r"unknown FSBP option\(s\) \['ordr'\]"),
+    ],
+)
+def test_config_fsbp_invalid_options_fail_at_config_time(kwargs, match):
+    with pytest.raises(ValueError, match=r"^config_fsbp\(\): " + match):
+        config_fsbp(guide_all, **kwargs)
+    with pytest.raises(ValueError, match=r"^config_fsbp\(\): " + match):
+        config_fsbp(**kwargs)  # the decorator form fails before it sees a guide
+
+
+def gamma_model(data):
+    rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+    with pyro.plate("data", len(data)):
+        pyro.sample("obs", dist.Poisson(rate), obs=data)
+
+
+def test_config_fsbp_autoguide():
+    data = torch.tensor([3.0, 4.0, 2.0])
+    guide = config_fsbp(AutoNormal(gamma_model))
+    trace = poutine.trace(guide).get_trace(data)
+    aux = trace.nodes["rate_unconstrained"]
+    assert aux["infer"]["is_auxiliary"]
+    assert aux["infer"]["estimator"] == "fourier"
+    assert aux["infer"]["order"] == "exact"
+    assert isinstance(aux["fn"], dist.Normal)
+    assert "estimator" not in trace.nodes["rate"]["infer"]  # the Delta site is not marked
+
+    # the ELBO sees the mark
+    _, guide_trace = FSBP_ELBO()._get_trace(gamma_model, guide, (data,), {})
+    assert list(guide_trace._fsbp_context.marked) == ["rate_unconstrained"]
+
+    svi = SVI(gamma_model, guide, pyro.optim.Adam({"lr": 0.01}), loss=FSBP_ELBO())
+    for _ in range(2):
+        loss = svi.step(data)
+        assert math.isfinite(loss)
+    for name, value in pyro.get_param_store().items():
+        assert torch.isfinite(value).all(), name
