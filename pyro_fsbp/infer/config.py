@@ -109,9 +109,12 @@ def _get_fsbp_options(site):
 def _config_fsbp_fn(sites, options, msg):
     if msg["type"] != "sample" or msg["is_observed"] or type(msg["fn"]).__name__ == "_Subsample":
         return {}
-    if sites is not None and msg["name"] not in sites:
-        return {}
     infer = msg["infer"]
+    if sites is not None and msg["name"] not in sites:
+        # AutoNormal samples model site 'x' through its auxiliary site 'x_unconstrained'
+        name = msg["name"].removesuffix("_unconstrained")
+        if not (infer.get("is_auxiliary") and name in sites):
+            return {}
     # never overwrite an explicit annotation (an estimator, even None, or enumeration)
     if "estimator" in infer or infer.get("enumerate"):
         return {}
@@ -144,7 +147,8 @@ def config_fsbp(guide=None, estimator="fourier", order="exact", sites=None, **op
     :param callable guide: a guide.
     :param str estimator: ``"fourier"`` or ``"local_expectation"``.
     :param order: ``"exact"`` or an int ``N >= 1``.
-    :param sites: optional site name or collection of site names to mark.
+    :param sites: optional site name or collection of site names to mark (a model site name
+        also marks AutoNormal's auxiliary site ``<name>_unconstrained``).
     :param options: other FSBP keys (``num_aux``, ``coordinates``, ``separable``, ``vectorize``).
     """
     config = {"estimator": estimator, "order": order, **options}

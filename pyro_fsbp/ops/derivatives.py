@@ -130,8 +130,8 @@ class CostOracle:
         if block and self.event_dim:
             # one indicator per non-plate batch position, covering its whole event block
             event_size = math.prod(self.coord_shape[self.batch_ndim :])
-            basis = basis[::event_size].reshape((-1,) + self.coord_shape[: self.batch_ndim])
-            basis = basis.reshape(basis.shape + (1,) * self.event_dim)
+            event_dims = tuple(range(-self.event_dim, 0))
+            basis = basis[::event_size].amax(event_dims, keepdim=True)
             basis = basis.expand((-1,) + self.coord_shape)
         return basis
 
@@ -201,6 +201,8 @@ class CostOracle:
         :param int order: highest derivative order.
         :returns: list ``[F_0, ..., F_order]`` of ``(S, *value.shape)`` tensors; under
             ``coordinates="sample"`` only the drawn coordinate is non-zero, weighted by ``D``.
+            Under ``separable=True`` one evaluation with every coordinate replaced serves all, so
+            the derivatives are per coordinate but ``F_0`` is the cost of that joint point.
         """
         if block and order > 1:
             raise ValueError("block evaluations support first derivatives only")

@@ -22,14 +22,15 @@ Contract: every ``*_cumulants(..., order)`` function is pure torch and returns a
 ``batch_shape + (order,)`` whose entry ``[..., n - 1]`` is :math:`\kappa_n`, ``n = 1..order``, with
 ``batch_shape`` the broadcast shape of the parameters. The result is differentiable in every
 tensor parameter by autograd (the surrogate differentiates :math:`\kappa_n(\theta)`), keeps the
-parameters' dtype and device, and does not synchronize with the device. Python numbers are accepted
-as parameters. :func:`series_coefficients` turns cumulants into :math:`\kappa_n/n!`. The two
-multivariate families return their only (MVN) or first two (Dirichlet) joint cumulants instead.
+parameters' (promoted floating) dtype and device, and never reads values back to the host
+(no ``.item()``, no data-dependent Python branches). Python numbers are accepted as parameters.
+:func:`series_coefficients` turns cumulants into :math:`\kappa_n/n!`. The two multivariate
+families return their only (MVN) or first two (Dirichlet) joint cumulants instead.
 
 References
 
 [1] Fourier Stochastic Backpropagation (hal-02968975v2),
-    Amine Echraibi, Joachim Flocon-Cholet, Stéphane Gosselin, Sandrine Vaton
+    Amine Echraibi, Joachim Flocon Cholet, Stéphane Gosselin, Sandrine Vaton
 """
 
 import functools

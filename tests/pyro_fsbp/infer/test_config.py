@@ -313,3 +313,14 @@ def test_config_fsbp_autoguide():
         assert math.isfinite(loss)
     for name, value in pyro.get_param_store().items():
         assert torch.isfinite(value).all(), name
+
+
+@pytest.mark.parametrize("sites", ["rate", "rate_unconstrained", ["rate"]])
+def test_config_fsbp_autoguide_sites(sites):
+    def model():
+        pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        pyro.sample("loc", dist.Normal(0.0, 1.0))
+
+    marks = _marks(config_fsbp(AutoNormal(model), sites=sites))
+    assert marks["rate_unconstrained"]["estimator"] == "fourier"
+    assert "estimator" not in marks["loc_unconstrained"]

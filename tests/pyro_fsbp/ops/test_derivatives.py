@@ -77,17 +77,25 @@ def _setup(layout, f=_coupled, dtype=F64, seed=0, **kwargs):
     return oracle, z, plate_dim
 
 
-def _directional(f, x, j, n):
-    """n-th derivative of ``f`` along coordinate ``j`` at ``x`` (forward mode, nested)."""
-    e = torch.zeros_like(x)
-    e[j] = 1
+def _directional(f, xs, directions, n):
+    """n-th derivatives of ``f`` at the rows of ``xs`` along the rows of ``directions``
+    (forward mode, nested, vectorized over rows)."""
 
-    def g(t):
-        return f(x + t * e)
+    def along(x, e):
+        def g(t):
+            return f(x + t * e)
 
-    for _ in range(n):
-        g = torch.func.jacfwd(g)
-    return g(torch.zeros((), dtype=x.dtype))
+        for _ in range(n):
+            g = torch.func.jacfwd(g)
+        return g(torch.zeros((), dtype=x.dtype))
+
+    return torch.func.vmap(along)(xs, directions)
+
+
+def _hessian_diagonal_blocks(f, xs):
+    """The Hessian of ``f`` at every row of ``xs`` (torch.autograd.functional.hessian)."""
+    full = hessian(lambda x: f(x).sum(), xs)  # (N, D, N, D), block diagonal in N
+    return torch.stack([full[n, :, n, :] for n in range(xs.shape[0])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,22 +120,22 @@ def test_evaluate_per_coordinate(layout):
     points = z + torch.randn((2,) + z.shape, dtype=F64)
     outputs = oracle.evaluate(points, order=3)
     assert len(outputs) == 4
-    zs, ps = _to_elements(z, plate_dim), _to_elements(points, plate_dim, lead=1)
-    outs = [_to_elements(o, plate_dim, lead=1) for o in outputs]
-    for s in range(2):
-        for p in range(zs.shape[0]):
-            for j in range(zs.shape[1]):
-                x = zs[p].clone()
-                x[j] = ps[s, p, j]
-                hess = hessian(_coupled, x)
-                expected = [
-                    _coupled(x),
-                    torch.func.grad(_coupled)(x)[j],
-                    hess[j, j],
-                    _directional(_coupled, x, j, 3),
-                ]
-                for k, e in enumerate(expected):
-                    assert torch.allclose(outs[k][s, p, j], e, rtol=RTOL, atol=1e-12), (s, p, j, k)
+    zs, ps = _to_elements(z, plate_dim), _to_elements(points, plate_dim, lead=1)  # (P, D)
+    num_coords = zs.shape[-1]
+    eye = torch.eye(num_coords, dtype=F64)
+    # xs[s, p, j]: z of plate element p with coordinate j replaced by points[s, p, j]
+    xs = zs[None, :, None, :] * (1 - eye) + ps.unsqueeze(-1) * eye  # (S, P, D, D)
+    rows, directions = xs.reshape(-1, num_coords), eye.repeat(xs.shape[0] * xs.shape[1], 1)
+    flat_hessians = _hessian_diagonal_blocks(_coupled, rows)
+    expected = [
+        _coupled(rows),
+        torch.func.vmap(torch.func.grad(_coupled))(rows)[directions.bool()],
+        flat_hessians.diagonal(dim1=-2, dim2=-1)[directions.bool()],
+        _directional(_coupled, rows, directions, 3),
+    ]
+    for k, output in enumerate(outputs):
+        got = _to_elements(output, plate_dim, lead=1)  # (S, P, D)
+        assert torch.allclose(got.reshape(-1), expected[k], rtol=RTOL, atol=1e-12), k
 
 
 @pytest.mark.parametrize("layout", ["event", "batch_left"])
@@ -140,8 +148,8 @@ def test_hessian_blocks(layout):
     elements = _to_elements(z, plate_dim)
     blocks = z.numel() // elements.shape[0] // d
     got = got.movedim(plate_dim - 1, 0)  # (P, B, d, d)
-    for p, x in enumerate(elements):
-        full = hessian(_coupled, x).reshape(blocks, d, blocks, d)
+    for p, full in enumerate(_hessian_diagonal_blocks(_coupled, elements)):
+        full = full.reshape(blocks, d, blocks, d)
         for b in range(blocks):
             assert torch.allclose(got[p, b], full[b, :, b, :], rtol=RTOL, atol=1e-12)
 
@@ -228,33 +236,32 @@ def _repeated_setup(num_elements, block, seed):
     torch.manual_seed(seed)
     z0 = torch.randn(shape[1:], dtype=F64) * 0.7
     point = z0 + torch.randn(shape[1:], dtype=F64)
-    big_shape = (num_elements,) + shape[1:]
-    z, points = z0.expand(big_shape), point.expand((1,) + big_shape)
     cost_fn = _cost_fn(_coupled, event_dim, plate_dim)
 
-    def evaluate(coordinates):
+    def evaluate(coordinates, num_elements):
+        z = z0.expand((num_elements,) + shape[1:])
         oracle = CostOracle(cost_fn, z, event_dim, (plate_dim,), coordinates=coordinates)
-        return oracle.evaluate(points, order=1 if block else 3, block=block)
+        return oracle.evaluate(point.expand((1,) + z.shape), order=1 if block else 3, block=block)
 
-    return evaluate
+    every = [o[0, 0] for o in evaluate("all", 1)]
+    return every, evaluate("sample", num_elements)
 
 
+# CostOracle._basis(block=True) builds one row per *coordinate* (4 of the 6 rows all zero) instead
+# of one per block: "all" evaluates 3x the candidates (results still right), and "sample" draws an
+# empty block for 2/3 of the plate elements with weight 6 instead of 2 (unbiased, 3x the variance).
 @pytest.mark.parametrize("block", [False, True], ids=["coordinate", "block"])
 def test_sample_strategy_unbiased(block):
     num_elements = 20_000
-    evaluate = _repeated_setup(num_elements, block, seed=1)
-    every = [o[0, 0] for o in evaluate("all")]  # the same for every plate element
-    drawn = evaluate("sample")
-    num_units = 2 if block else 6  # blocks or coordinates per plate element
-    unit_shape = (num_elements, 2, -1)
-    # each plate element holds exactly D times the "all" value on one drawn unit, zero elsewhere
-    chosen = drawn[1].reshape(unit_shape).ne(0).any(-1)  # (P, 2 batch positions) or coordinates
-    if not block:
-        chosen = drawn[1].reshape(num_elements, -1).ne(0)
+    every, drawn = _repeated_setup(num_elements, block, seed=1)
+    # units: the 2 blocks (batch positions) or the 6 coordinates of a plate element
+    num_units = 2 if block else 6
+    nonzero = drawn[1][0].ne(0)  # (P, 2, 3); the derivatives here are nonzero almost surely
+    chosen = nonzero.any(-1) if block else nonzero.reshape(num_elements, -1)
     assert (chosen.sum(-1) == 1).all()
+    mask = chosen.unsqueeze(-1).expand(-1, -1, 3) if block else nonzero
+    # each plate element holds exactly D times the "all" value on its drawn unit, zero elsewhere
     for d, e in zip(drawn, every):
-        mask = chosen.reshape((num_elements,) + ((2, 1) if block else (2, 3)))
-        mask = mask.expand_as(d[0])
         assert torch.allclose(d[0][mask], (num_units * e).expand_as(d[0])[mask], rtol=RTOL)
         assert (d[0][~mask] == 0).all()
     # the uniform draw makes the mean over plate elements unbiased for "all"
@@ -262,9 +269,27 @@ def test_sample_strategy_unbiased(block):
         mean = d[0].mean(0)
         se = d[0].std(0) / math.sqrt(num_elements)
         assert ((mean - e).abs() <= NUM_SE * se + 1e-12).all()
-    counts = chosen.reshape(num_elements, num_units).sum(0).double()
+    counts = chosen.sum(0).double()
     p = 1 / num_units
-    assert ((counts - num_elements * p).abs() <= NUM_SE * math.sqrt(num_elements * p * (1 - p))).all()
+    assert (
+        (counts - num_elements * p).abs() <= NUM_SE * math.sqrt(num_elements * p * (1 - p))
+    ).all()
+
+
+def test_block_evaluation_one_candidate_per_block():
+    """block=True under "all": one candidate per block (batch position) and point."""
+    shape, event_dim, plate_dim = LAYOUTS["event"]
+    z = torch.randn(shape, dtype=F64)
+    num_candidates = []
+    cost_fn = _cost_fn(_coupled, event_dim, plate_dim)
+
+    def counting(values):
+        num_candidates.append(values.shape[0])
+        return cost_fn(values)
+
+    oracle = CostOracle(counting, z, event_dim, (plate_dim,))
+    oracle.evaluate(torch.stack([z, z + 1]), order=1, block=True)
+    assert num_candidates == [2 * shape[1]]  # 2 points x 2 blocks
 
 
 def test_sample_strategy_shares_one_draw_across_points():
