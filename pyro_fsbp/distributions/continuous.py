@@ -31,6 +31,7 @@ References
 
 import pyro.distributions as dist
 import torch
+from pyro.infer.util import is_validation_enabled
 
 from pyro_fsbp.distributions.fourier import (
     FourierMixin,
@@ -226,6 +227,11 @@ class FourierStudentT(FourierMixin, dist.StudentT):
 
     def fourier_exact_surrogate(self, value, oracle, num_aux):
         df, m, s = (_sg(p, value) for p in (self.df, self.loc, self.scale))
+        if is_validation_enabled() and not bool((df > 1).all()):
+            raise ValueError(
+                "the exact Student-t scale rule needs df > 1 (its Stein kernel divides by "
+                "df - 1); constrain df above 1 or do not mark this site."
+            )
         half = df / 2
         g1 = dist.Gamma(half, half).sample((num_aux,)) + 2 * _uniform_exponential(num_aux, df) / df
         g2 = dist.Gamma(half + 1, half).sample((num_aux,))

@@ -197,7 +197,12 @@ def _compute_fsbp_surrogate(context, name, options, model_trace, guide_trace):
         guide_deps = guide_deps + [name]
     oracle = _build_oracle(context, name, rule, options, model_deps, guide_deps)
     value = detach_provenance(site["value"])
-    surrogate = rule.fourier_surrogate(value, oracle, options.order, options.num_aux)
+    try:
+        surrogate = rule.fourier_surrogate(value, oracle, options.order, options.num_aux)
+    except (ValueError, NotImplementedError) as e:
+        if str(e).startswith(f"Site '{name}'"):
+            raise
+        raise type(e)(f"Site '{name}': {e}") from e
     if entropy is not None:
         surrogate = surrogate + entropy.sum()
     return surrogate

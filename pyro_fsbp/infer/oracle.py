@@ -171,13 +171,23 @@ class _TraceCost:
         width = max(ctx.dim_budget, self.batch_ndim)
         values = values.reshape((M,) + (1,) * (width - self.batch_ndim) + self.value_shape)
         guide = _SubstituteSite(self.name, values)(ctx.guide)
-        with poutine.block():
-            guide_trace = poutine.trace(poutine.replay(guide, trace=self.replay_trace)).get_trace(
-                *ctx.args, **ctx.kwargs
-            )
-            model_trace = poutine.trace(poutine.replay(ctx.model, trace=guide_trace)).get_trace(
-                *ctx.args, **ctx.kwargs
-            )
+        try:
+            with poutine.block():
+                guide_trace = poutine.trace(
+                    poutine.replay(guide, trace=self.replay_trace)
+                ).get_trace(*ctx.args, **ctx.kwargs)
+                model_trace = poutine.trace(poutine.replay(ctx.model, trace=guide_trace)).get_trace(
+                    *ctx.args, **ctx.kwargs
+                )
+        except (ValueError, RuntimeError, IndexError) as e:
+            if M == 1:
+                raise
+            raise ValueError(
+                f"Site '{self.name}': re-running the model and guide with {M} substituted values "
+                f"of '{self.name}' batched on an extra left dim failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]}). Make the program broadcast like a TraceEnum_ELBO "
+                f"model, or set infer={{'estimator': ..., 'vectorize': False}} on '{self.name}'."
+            ) from e
         model_trace.compute_log_prob(lambda n, s: n in self.model_deps)
         guide_trace.compute_log_prob(lambda n, s: n in self.guide_deps)
         total = 0.0
