@@ -86,8 +86,13 @@ def _get_site_dependents(name, model_trace, guide_trace):
         for n, site in guide_trace.nodes.items()
         if site["type"] == "sample" and n != name and name in get_provenance(site["log_prob"])
     ]
-    if name in model_trace.nodes and name not in model_deps:
-        # the model's own density of the site always depends on its value: provenance was lost
+    lost = name in model_trace.nodes and name not in model_deps
+    if lost:
+        log_prob, value = model_trace.nodes[name]["log_prob"], guide_trace.nodes[name]["value"]
+        lost = (log_prob.dtype, log_prob.device) != (value.dtype, value.device)
+    if lost:
+        # a cast of the value (torch distributions cast it to their parameters' dtype) drops
+        # its provenance, and the costs that depend on it would be missed silently
         raise ValueError(
             f"Site '{name}': FSBP lost track of which costs depend on '{name}' (its model "
             "log-density shows no dependence). This happens when the value is cast to another "
