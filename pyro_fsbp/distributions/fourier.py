@@ -59,6 +59,11 @@ def register_fourier(host_cls, fourier_cls=None):
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, FourierMixin)):
             raise TypeError(f"register_fourier expects a FourierMixin subclass, got {cls!r}.")
+        if not (isinstance(host_cls, type) and issubclass(cls, host_cls)):
+            raise TypeError(
+                f"register_fourier({host_cls!r}, {cls.__name__}): {cls.__name__} must subclass "
+                f"{host_cls!r}, since it reuses the instance's parameters."
+            )
         _FOURIER_REGISTRY[host_cls] = cls
         return cls
 

@@ -204,6 +204,16 @@ def test_register_fourier_rejects_non_fourier_class(registry, not_fourier):
     assert registry == before
 
 
+def test_register_fourier_rejects_mismatched_host(registry):
+    """A rule class reuses the instance's parameters, so it must subclass the host class."""
+    from pyro_fsbp import FourierNormal
+
+    before = dict(registry)
+    with pytest.raises(TypeError, match="must subclass"):
+        register_fourier(dist.Uniform, FourierNormal)
+    assert registry == before
+
+
 # ----- a user family that provides only its cumulants -------------------------------------------
 class MyGamma(FourierMixin, dist.Gamma):
     """A user family with the series rule only (no registry call)."""
@@ -251,7 +261,9 @@ def test_user_subclass_with_cumulants_only():
 
 def test_user_subclass_without_exact_rule():
     model, guide = _gamma_poisson(MyGamma, "exact")
-    with pytest.raises(NotImplementedError, match="MyGamma has no exact FSBP rule") as info:
+    with pytest.raises(
+        NotImplementedError, match="Site 'z': MyGamma has no exact FSBP rule"
+    ) as info:
         FSBP_ELBO().differentiable_loss(model, guide, torch.tensor([3.0, 4.0, 2.0]))
     assert "'order': N" in str(info.value)
 

@@ -246,20 +246,7 @@ def _reshape_inside_plate(z, data):
     return dist.Normal(z.reshape(-1), 1.0)  # moves the extra left dim into the plate dim
 
 
-@pytest.mark.parametrize(
-    "likelihood",
-    [
-        _sum_inside_plate,
-        pytest.param(
-            _reshape_inside_plate,
-            marks=pytest.mark.xfail(
-                reason="the oracle lets Pyro's 'Shape mismatch inside plate' error through",
-                raises=AssertionError,
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("likelihood", [_sum_inside_plate, _reshape_inside_plate])
 def test_model_does_not_broadcast(likelihood):
     def model(data, vectorize):
         with pyro.plate("data", len(data)):
@@ -283,9 +270,6 @@ def test_model_does_not_broadcast(likelihood):
 
 
 # ----- errors raised inside a rule ------------------------------------------------------------
-@pytest.mark.xfail(
-    reason="rule errors do not name the site yet", raises=AssertionError, strict=False
-)
 def test_rule_error_names_the_site():
     def model():
         z = pyro.sample("z", dist.Dirichlet(torch.ones(3)))
@@ -300,11 +284,6 @@ def test_rule_error_names_the_site():
     assert "Use order='exact'" in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="the Student-t scale rule does not check df > 1 yet",
-    raises=pytest.fail.Exception,
-    strict=False,
-)
 def test_studentt_df_at_most_one():
     def guide(data):
         df = pyro.param("df", torch.tensor(0.8), constraint=positive)
@@ -312,4 +291,5 @@ def test_studentt_df_at_most_one():
 
     with pytest.raises(ValueError, match="Site 'z'") as info:
         _loss(normal_model, guide, DATA)
-    assert "df > 1" in str(info.value)
+    assert "needs df > 1" in str(info.value)
+    assert "constrain df above 1" in str(info.value)
