@@ -17,18 +17,6 @@ from pyro_fsbp.ops import series
 positive = dist.constraints.positive
 
 
-@pytest.fixture(autouse=True)
-def _float64_validated():
-    """float64, validation on, a fresh param store and seed (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    with pyro.validation_enabled(True):
-        yield
-    torch.set_default_dtype(old)
-
-
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry, so that a test's registrations do not leak."""

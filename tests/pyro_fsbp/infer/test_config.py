@@ -16,18 +16,6 @@ from pyro_fsbp.infer.config import FSBPOptions, _get_fsbp_options
 VALID_KEYS = ["coordinates", "estimator", "num_aux", "order", "separable", "vectorize"]
 
 
-@pytest.fixture(autouse=True)
-def _float64_validated():
-    """float64, validation on, a fresh param store and seed (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    with pyro.validation_enabled(True):
-        yield
-    torch.set_default_dtype(old)
-
-
 def _site(infer, name="z", is_observed=False):
     return {"name": name, "infer": infer, "is_observed": is_observed}
 

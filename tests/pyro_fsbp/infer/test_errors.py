@@ -16,18 +16,6 @@ positive = dist.constraints.positive
 DATA = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def _float64_validated():
-    """float64, validation on, a fresh param store and seed (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    with pyro.validation_enabled(True):
-        yield
-    torch.set_default_dtype(old)
-
-
 def _loss(model, guide, *args, method="differentiable_loss"):
     elbo = FSBP_ELBO()
     if method == "differentiable_loss":
