@@ -36,6 +36,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/variance.py
+	$(BIN)/python benchmarks/discrete_variance.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

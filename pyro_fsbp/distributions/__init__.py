@@ -13,10 +13,26 @@ from pyro_fsbp.distributions.continuous import (
     FourierNormal,
     FourierStudentT,
 )
+from pyro_fsbp.distributions.discrete import (
+    FourierBernoulli,
+    FourierBinomial,
+    FourierCategorical,
+    FourierGeometric,
+    FourierNegativeBinomial,
+    FourierOneHotCategorical,
+    FourierPoisson,
+)
 from pyro_fsbp.distributions.fourier import FourierMixin, register_fourier
 
 __all__ = [
+    "FourierBernoulli",
     "FourierBeta",
+    "FourierBinomial",
+    "FourierCategorical",
+    "FourierGeometric",
+    "FourierNegativeBinomial",
+    "FourierOneHotCategorical",
+    "FourierPoisson",
     "FourierChi2",
     "FourierDelta",
     "FourierDirichlet",

@@ -177,10 +177,19 @@ def _compute_fsbp_surrogate(context, name, options, model_trace, guide_trace):
     site = guide_trace.nodes[name]
     rule, mask = _unwrap(site["fn"])
     if rule is None:
+        family = type(site["fn"]).__name__
+        if site["fn"].support.is_discrete:
+            raise ValueError(
+                f"Site '{name}': no FSBP rule for the discrete family {family}: FSBP has "
+                "local-expectation rules for Bernoulli, Categorical and OneHotCategorical and "
+                "lattice rules for Poisson, Binomial, Geometric and NegativeBinomial. Remove the "
+                "'estimator' annotation (score function), or register a rule with "
+                "pyro_fsbp.register_fourier."
+            )
         raise ValueError(
-            f"Site '{name}': no FSBP rule for {type(site['fn']).__name__}. Remove the "
-            "'estimator' annotation, or give the family a rule (a FourierMixin subclass, "
-            "registered with pyro_fsbp.register_fourier)."
+            f"Site '{name}': no FSBP rule for {family}. Remove the 'estimator' annotation, or "
+            "give the family a rule (a FourierMixin subclass, registered with "
+            "pyro_fsbp.register_fourier)."
         )
     if options.estimator == "local_expectation" and not getattr(
         rule, "fourier_local_expectation", False

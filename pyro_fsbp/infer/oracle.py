@@ -117,16 +117,17 @@ def _check_dependents(name, rule, order, model_trace, guide_trace, model_deps, g
                         f"FSBP evaluates all at once. Put '{dep}' inside those plates, or remove "
                         f"the 'estimator' annotation of '{name}' (pathwise/score function)."
                     )
+    needed = rule.fourier_derivative_order(order)
     for dep in guide_deps:
         fn = guide_trace.nodes[dep]["fn"]
-        if not fn.has_rsample:
+        # rules that only evaluate the cost (local expectation, lattice) re-sample such sites
+        if needed >= 1 and not fn.has_rsample:
             raise ValueError(
                 f"Site '{name}': the downstream guide site '{dep}' depends on '{name}' but is not "
                 "reparameterized, so the cost is not differentiable in the value of "
                 f"'{name}'. Use a reparameterized family for '{dep}', or remove the estimator "
                 f"from '{name}'."
             )
-        needed = rule.fourier_derivative_order(order)
         if needed >= 2 and any(
             isinstance(d, _NO_SECOND_ORDER_RSAMPLE) for d in _base_distributions(fn)
         ):

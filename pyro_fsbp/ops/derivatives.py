@@ -51,7 +51,7 @@ def _directional_derivatives(cost_fn, values, directions, order):
     :returns: ``(costs, [D_1, ..., D_order])``, costs detached, each ``D_n`` of shape ``(M, *shape)``.
     """
     values = values.detach().requires_grad_(order > 0)
-    with torch.enable_grad():
+    with torch.set_grad_enabled(order > 0):
         costs = cost_fn(values)
         derivs = []
         current = costs.sum()
@@ -166,10 +166,10 @@ class CostOracle:
                 "coordinate at a time, which is unbiased for any cost)."
             )
 
-    def _directions(self, block):
+    def _directions(self, block, joint_ok=True):
         if self._unchecked:
             self._check_separable()
-        if self.separable or self.num_coords == 1 and not block:
+        if (self.separable and joint_ok) or self.num_coords == 1 and not block:
             return torch.ones_like(self.value).unsqueeze(0), 1.0, False
         if block and self.num_coords == math.prod(self.coord_shape[self.batch_ndim :]):
             return torch.ones_like(self.value).unsqueeze(0), 1.0, False
@@ -182,6 +182,13 @@ class CostOracle:
     def costs(self, values):
         """Raw costs ``(M, *batch_shape)`` at full candidate values ``(M, *value.shape)``."""
         return self.cost_fn(values).detach()
+
+    def base_cost(self):
+        r"""The cost :math:`f(z)` at the sample, one per plate element, broadcast to ``value.shape``."""
+        with torch.no_grad():
+            costs = self.cost_fn(self.value.unsqueeze(0))[0]
+        costs = costs.reshape((1,) * (self.batch_ndim - costs.dim()) + costs.shape)
+        return costs.reshape(costs.shape + (1,) * self.event_dim).expand(self.value.shape)
 
     def gradient(self):
         r"""The gradient :math:`\nabla f(z)` at the sample (one evaluation, exact per coordinate)."""
@@ -201,18 +208,20 @@ class CostOracle:
         :param int order: highest derivative order.
         :returns: list ``[F_0, ..., F_order]`` of ``(S, *value.shape)`` tensors; under
             ``coordinates="sample"`` only the drawn coordinate is non-zero, weighted by ``D``.
-            Under ``separable=True`` one evaluation with every coordinate replaced serves all, so
-            the derivatives are per coordinate but ``F_0`` is the cost of that joint point.
+            Under ``separable=True`` one evaluation with every coordinate replaced serves all
+            derivatives; ``order=0`` (costs only) always evaluates one coordinate at a time.
         """
         if block and order > 1:
             raise ValueError("block evaluations support first derivatives only")
         points = points.detach()
         S = points.shape[0]
-        basis, weight, per_coord = self._directions(block)
+        # costs of a joint point are no per-coordinate costs, even for a separable cost
+        basis, weight, per_coord = self._directions(block, joint_ok=order > 0)
         B = basis.shape[0]
         z = self.value
-        # (S, B, *shape): z with coordinate (block) b replaced by the point
-        values = z + basis.unsqueeze(0) * (points.unsqueeze(1) - z)
+        # (S, B, *shape): z with coordinate (block) b replaced by the point (dtype preserved,
+        # so that integer-valued sites stay integers)
+        values = torch.where(basis.unsqueeze(0) != 0, points.unsqueeze(1), z)
         directions = basis.unsqueeze(0).expand(values.shape)
         flat = values.reshape((S * B,) + z.shape)
         costs, derivs = _directional_derivatives(
