@@ -86,6 +86,41 @@ CASES = [
         dist.Dirichlet,
         lambda: ((torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]]),), {}),
     ),
+    (
+        pyro_fsbp.FourierBernoulli,
+        dist.Bernoulli,
+        lambda: ((_t(0.2, 0.7),), {}),
+    ),
+    (
+        pyro_fsbp.FourierCategorical,
+        dist.Categorical,
+        lambda: ((), {"logits": torch.tensor([[0.0, 1.0, -1.0], [0.5, 0.5, 0.0]])}),
+    ),
+    (
+        pyro_fsbp.FourierOneHotCategorical,
+        dist.OneHotCategorical,
+        lambda: ((torch.tensor([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]]),), {}),
+    ),
+    (
+        pyro_fsbp.FourierPoisson,
+        dist.Poisson,
+        lambda: ((_t(2.0, 3.0),), {}),
+    ),
+    (
+        pyro_fsbp.FourierBinomial,
+        dist.Binomial,
+        lambda: ((), {"total_count": 5, "probs": _t(0.2, 0.7)}),
+    ),
+    (
+        pyro_fsbp.FourierGeometric,
+        dist.Geometric,
+        lambda: ((_t(0.2, 0.7),), {}),
+    ),
+    (
+        pyro_fsbp.FourierNegativeBinomial,
+        dist.NegativeBinomial,
+        lambda: ((_t(2.0, 3.5),), {"probs": _t(0.3, 0.6)}),
+    ),
 ]
 IDS = [cls.__name__ for cls, _, _ in CASES]
 
