@@ -65,6 +65,17 @@ class _LocalExpectation(FourierMixin):
         )
 
 
+def _centered(costs):
+    r"""
+    Costs ``(K, ...)`` minus those of the reference class 0 (the paper's eq. (18) form). As
+    :math:`\sum_k \nabla\pi_k = 0` this changes no gradient in exact arithmetic, but it makes the
+    estimate exactly zero for a constant cost and exactly offset-invariant, where autodiff of
+    :math:`\sum_k \pi_k f_k` through a softmax or a probs normalization leaves rounding of the
+    size of :math:`|f|\,\epsilon`.
+    """
+    return costs - costs[:1]
+
+
 @register_fourier(dist.Bernoulli)
 class FourierBernoulli(_LocalExpectation, dist.Bernoulli):
     r"""Bernoulli: :math:`\partial_{p_j} L = \mathbb E[f(z_{-j}, 1) - f(z_{-j}, 0)]` ([1] eq. (17))."""
@@ -85,7 +96,7 @@ class FourierCategorical(_LocalExpectation, dist.Categorical):
         support = torch.arange(num_events, dtype=value.dtype, device=value.device)
         points = support.reshape((-1,) + (1,) * value.dim()).expand((-1,) + value.shape)
         (costs,) = oracle.evaluate(points, 0)  # (K, *value.shape)
-        return _surrogate((self.probs, costs.movedim(0, -1)))
+        return _surrogate((self.probs, _centered(costs).movedim(0, -1)))
 
 
 @register_fourier(dist.OneHotCategorical)
@@ -97,7 +108,7 @@ class FourierOneHotCategorical(_LocalExpectation, dist.OneHotCategorical):
         eye = torch.eye(num_events, dtype=value.dtype, device=value.device)
         points = eye.reshape((num_events,) + (1,) * (value.dim() - 1) + (num_events,))
         (costs,) = oracle.evaluate(points.expand((-1,) + value.shape), 0, block=True)
-        return _surrogate((self.probs, costs[..., 0].movedim(0, -1)))
+        return _surrogate((self.probs, _centered(costs[..., 0]).movedim(0, -1)))
 
 
 def _shifted_costs(oracle, value, *shifts):
