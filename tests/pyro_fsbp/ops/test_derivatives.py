@@ -247,9 +247,8 @@ def _repeated_setup(num_elements, block, seed):
     return every, evaluate("sample", num_elements)
 
 
-# CostOracle._basis(block=True) builds one row per *coordinate* (4 of the 6 rows all zero) instead
-# of one per block: "all" evaluates 3x the candidates (results still right), and "sample" draws an
-# empty block for 2/3 of the plate elements with weight 6 instead of 2 (unbiased, 3x the variance).
+# A block basis has one row per block: a regression test for the bug where it had one row per
+# coordinate ("sample" then drew empty blocks with weight 6 instead of 2: unbiased, 3x the variance).
 @pytest.mark.parametrize("block", [False, True], ids=["coordinate", "block"])
 def test_sample_strategy_unbiased(block):
     num_elements = 20_000
