@@ -18,12 +18,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check pyro_fsbp tests examples benchmarks
-	$(BIN)/ruff format --check pyro_fsbp tests examples benchmarks
+	$(BIN)/ruff check pyro_fsbp numpyro_fsbp tests examples benchmarks
+	$(BIN)/ruff format --check pyro_fsbp numpyro_fsbp tests examples benchmarks
 
 format: install
-	$(BIN)/ruff format pyro_fsbp tests examples benchmarks
-	$(BIN)/ruff check --fix pyro_fsbp tests examples benchmarks
+	$(BIN)/ruff format pyro_fsbp numpyro_fsbp tests examples benchmarks
+	$(BIN)/ruff check --fix pyro_fsbp numpyro_fsbp tests examples benchmarks
 
 test: install
 	$(BIN)/python -m pytest -q tests
@@ -37,6 +37,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/variance.py
 	$(BIN)/python benchmarks/discrete_variance.py
+	$(BIN)/python benchmarks/numpyro_variance.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
