@@ -87,6 +87,20 @@ class _LocalExpectation(FourierMixin):
         )
 
 
+def _centered(costs):
+    r"""
+    Costs ``(K, ...)`` minus those of the reference class 0 (the paper's eq. (18) form). As
+    :math:`\sum_k \nabla\pi_k = 0` this changes no gradient in exact arithmetic, but it makes the
+    estimate exactly zero for a constant cost and exactly offset-invariant, where autodiff of
+    :math:`\sum_k \pi_k f_k` through a softmax leaves rounding of the size of
+    :math:`|f|\,\epsilon`. (``CategoricalProbs`` uses its probs as given, without normalizing:
+    there the gradient in probs is defined up to the direction of the ones vector, which the
+    simplex constraint of a parameter removes, and centering changes it along that direction
+    only.)
+    """
+    return costs - costs[:1]
+
+
 class _BernoulliRule(_LocalExpectation):
     r"""Bernoulli: :math:`\partial_{p_j} L = \mathbb E[f(z_{-j}, 1) - f(z_{-j}, 0)]` ([1] eq. (17))."""
 
@@ -114,7 +128,7 @@ class _CategoricalRule(_LocalExpectation):
             support.reshape((-1,) + (1,) * value.ndim), (num_events,) + value.shape
         )
         (costs,) = oracle.evaluate(points, 0)  # (K, *value.shape)
-        return _surrogate((self.probs, jnp.moveaxis(costs, 0, -1)))
+        return _surrogate((self.probs, jnp.moveaxis(_centered(costs), 0, -1)))
 
 
 FourierCategoricalProbs = register_fourier(

@@ -14,6 +14,8 @@ _FSBP_KEYS = ("coordinates", "estimator", "num_aux", "order", "separable", "vect
 #: public keys NumPyro itself reads from ``infer`` dicts (private keys start with ``_``)
 _HOST_KEYS = frozenset(
     [
+        "block_plates",
+        "branching",
         "dim_to_name",
         "enumerate",
         "expand",
@@ -21,8 +23,7 @@ _HOST_KEYS = frozenset(
         "kl",
         "name_to_dim",
         "num_samples",
-        "obs_mask",
-        "tmc",
+        "obs",
         "was_observed",
     ]
 )
@@ -107,14 +108,12 @@ def _get_fsbp_options(site):
 
 
 def _config_fsbp_fn(sites, options, msg):
-    if msg["type"] != "sample" or msg["is_observed"] or type(msg["fn"]).__name__ == "_Subsample":
+    # NumPyro plates are "plate" messages, not sample sites: no subsample site to skip here
+    if msg["type"] != "sample" or msg["is_observed"]:
         return {}
     infer = msg["infer"]
     if sites is not None and msg["name"] not in sites:
-        # AutoNormal samples model site 'x' through its auxiliary site 'x_unconstrained'
-        name = msg["name"].removesuffix("_unconstrained")
-        if not (infer.get("is_auxiliary") and name in sites):
-            return {}
+        return {}
     # never overwrite an explicit annotation (an estimator, even None, or enumeration)
     if "estimator" in infer or infer.get("enumerate"):
         return {}
@@ -139,16 +138,22 @@ def config_fsbp(guide=None, estimator="fourier", order="exact", sites=None, **op
     ``estimator`` (even ``None``, an explicit opt-out) or ``enumerate`` are left as they are, and
     FSBP keys a site sets itself (``infer={"order": 3}``) are kept, so explicit annotations win.
     Delta sites are skipped (their rule is ordinary backpropagation), and so is every site without
-    a local-expectation rule when ``estimator="local_expectation"``. Works on AutoGuides (it marks
-    their auxiliary latent sites).
+    a local-expectation rule when ``estimator="local_expectation"``.
+
+    On NumPyro's AutoGuides it marks what has a rule: ``AutoNormal`` samples a real-support site
+    from a ``Normal`` (marked) but a constrained one from a ``TransformedDistribution`` of a
+    ``Normal`` (no FSBP rule, so left unmarked: Trace_ELBO's pathwise gradient); the
+    ``AutoContinuous`` guides sample one auxiliary site ``_auto_latent`` (marked for
+    ``AutoDiagonalNormal`` and ``AutoMultivariateNormal``; ``AutoLowRankMultivariateNormal`` has no
+    rule) and the model sites from ``Delta`` (skipped).
 
     Usable as a function ``guide = config_fsbp(guide)`` or a decorator ``@config_fsbp(order=2)``.
 
     :param callable guide: a guide.
     :param str estimator: ``"fourier"`` or ``"local_expectation"``.
     :param order: ``"exact"`` or an int ``N >= 1``.
-    :param sites: optional site name or collection of site names to mark (a model site name
-        also marks AutoNormal's auxiliary site ``<name>_unconstrained``).
+    :param sites: optional site name or collection of site names to mark (for an
+        ``AutoContinuous`` guide, its auxiliary site ``"_auto_latent"``).
     :param options: other FSBP keys (``num_aux``, ``coordinates``, ``separable``, ``vectorize``).
     """
     config = {"estimator": estimator, "order": order, **options}

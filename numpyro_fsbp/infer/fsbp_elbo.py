@@ -21,6 +21,7 @@ References
     Backpropagation", hal-02968975v2, Theorem 1 (eq. 9) and Theorem 2.
 """
 
+import warnings
 from collections import namedtuple
 
 import jax
@@ -114,11 +115,15 @@ class FSBPTrace_ELBO(ELBO):
                 guide_log_probs, guide_trace = compute_log_probs(
                     seed(guide, guide_seed), args, kwargs, param_map
                 )
+            # numpyro.mutable state, as Trace_ELBO threads it: the guide's, then the model's
+            mutable_params = _get_mutable(guide_trace)
+            params = {**param_map, **mutable_params}
             model_log_probs, model_trace = compute_log_probs(
-                replay(seed(model, model_seed), guide_trace), args, kwargs, param_map
+                replay(seed(model, model_seed), guide_trace), args, kwargs, params
             )
             check_model_guide_match(model_trace, guide_trace)
             _validate_model(model_trace, plate_warning="loose")
+            mutable_params.update(_get_mutable(model_trace))
             marked = _get_marked_sites(model_trace, guide_trace)
             # a marked site's own log q enters the value only (no score term, DESIGN.md 4)
             guide_log_probs = {
@@ -136,6 +141,10 @@ class FSBPTrace_ELBO(ELBO):
                 )
                 surrogate = _compute_fsbp_surrogate(context, marked, model_trace, fsbp_key)
                 elbo = elbo + surrogate - lax.stop_gradient(surrogate)
+            if mutable_params:
+                if self.num_particles == 1:
+                    return elbo, mutable_params
+                warnings.warn("mutable state is currently ignored when num_particles > 1.")
             return elbo, None
 
         if self.num_particles == 1:
@@ -144,6 +153,10 @@ class FSBPTrace_ELBO(ELBO):
         rng_keys = jax.random.split(rng_key, self.num_particles)
         elbos, mutable_state = self.vectorize_particles_fn(single_particle_elbo, rng_keys)
         return {"loss": -jnp.mean(elbos), "mutable_state": mutable_state}
+
+
+def _get_mutable(trace_):
+    return {name: site["value"] for name, site in trace_.items() if site["type"] == "mutable"}
 
 
 def _get_marked_sites(model_trace, guide_trace):

@@ -66,9 +66,18 @@ def _get_site_dependents(context, names):
     with the marked values substituted (an abstract evaluation: no array is computed).
     """
 
+    def substitute_marked(values, msg):
+        if msg["type"] == "sample" and msg["name"] in values:
+            # keep the sampler in the graph (as NumPyro's get_nonreparam_deps does), so that a
+            # marked site downstream of another depends on it: f of the upstream site re-samples
+            # it pathwise (HOST_INTERNALS.md 6.4), and the costs it feeds are costs of both
+            sample = msg["fn"](*msg["args"], **msg["kwargs"])
+            return values[msg["name"]] + jnp.zeros_like(values[msg["name"]]) * sample
+        return None
+
     def log_probs(**values):
-        data = {**context.params, **values}
-        guide = substitute(seed(context.guide, context.guide_key), data=data)
+        guide = seed(context.guide, context.guide_key)
+        guide = substitute(guide, substitute_fn=lambda msg: substitute_marked(values, msg))
         model = seed(context.model, context.model_key)
         return get_importance_log_probs(model, guide, context.args, context.kwargs, context.params)
 
@@ -140,7 +149,11 @@ class _TraceCost:
         data = {**ctx.params, self.name: value}
         guide = substitute(seed(ctx.guide, ctx.guide_key), data=data)
         guide_trace = trace(guide).get_trace(*ctx.args, **ctx.kwargs)
-        model = substitute(replay(seed(ctx.model, ctx.model_key), guide_trace), data=ctx.params)
+        # the model sees the guide's numpyro.mutable state, as on the main pass (substitute
+        # copies a mutable dict, so a re-run never updates the caller's state)
+        mutable = {n: s["value"] for n, s in guide_trace.items() if s["type"] == "mutable"}
+        model = replay(seed(ctx.model, ctx.model_key), guide_trace)
+        model = substitute(model, data={**ctx.params, **mutable})
         model_trace = trace(model).get_trace(*ctx.args, **ctx.kwargs)
         total = jnp.zeros((1,) * self.batch_ndim, jnp.result_type(float))
         for trace_, deps, sign in (
