@@ -223,7 +223,8 @@ class FourierStudentT(FourierMixin, dist.StudentT):
     :math:`h'(g) = -\frac{\sigma^2}{2g^2}\mathbb E_\varepsilon f''(m + \sigma\varepsilon/\sqrt g)`:
     :math:`\partial_\nu L = \nu^{-1}\big(\mathbb E\,h'(g + 2UT/\nu) - \mathbb E_{g'\sim\Gamma(\nu/2+1,\nu/2)} h'(g')\big)`.
     Pathwise gradients are 1-700x better for df (MATH.md section 3): prefer them there.
-    The ν > 1 check needs concrete values, so it runs outside ``jax.jit`` only.
+    The ν > 1 check needs concrete values, so it raises outside ``jax.jit`` only; under jit
+    the scale estimate is NaN where ν <= 1.
     """
 
     fourier_exact_derivative_order = 2
@@ -243,7 +244,8 @@ class FourierStudentT(FourierMixin, dist.StudentT):
         eps = jax.random.normal(key_eps, (2, num_aux) + jnp.shape(value), jnp.result_type(value))
         p1, p2 = m + s * eps[0] / jnp.sqrt(g1), m + s * eps[1] / jnp.sqrt(g2)
         _, f1, f2 = oracle.evaluate(jnp.concatenate([value[None], p1, p2]), order=2)
-        tau = (df * s**2 + (value - m) ** 2) / ((df - 1) * s)
+        # under jit the df > 1 check above cannot run: df <= 1 gives NaN rather than a wrong value
+        tau = jnp.where(df > 1, (df * s**2 + (value - m) ** 2) / ((df - 1) * s), jnp.nan)
         h1 = -(s**2) / (2 * g1**2) * f2[1 : 1 + num_aux]
         h2 = -(s**2) / (2 * g2**2) * f2[1 + num_aux :]
         e_df = (h1.mean(0) - h2.mean(0)) / df

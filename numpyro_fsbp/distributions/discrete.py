@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-def _probs_or_logits(probs_cls, logits_cls):
+def _probs_or_logits(name, probs_cls, logits_cls):
     """A factory like NumPyro's ``Bernoulli(probs=None, logits=None)`` for the Fourier classes."""
 
     def factory(probs=None, logits=None, **kwargs):
@@ -62,6 +62,11 @@ def _probs_or_logits(probs_cls, logits_cls):
             return probs_cls(probs, **kwargs)
         return logits_cls(logits, **kwargs)
 
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = (
+        f"Like NumPyro's ``{name[len('Fourier') :]}``: a {probs_cls.__name__} from ``probs`` or a "
+        f"{logits_cls.__name__} from ``logits``."
+    )
     return factory
 
 
@@ -115,7 +120,9 @@ FourierBernoulliProbs = register_fourier(
 FourierBernoulliLogits = register_fourier(
     dist.BernoulliLogits, type("FourierBernoulliLogits", (_BernoulliRule, dist.BernoulliLogits), {})
 )
-FourierBernoulli = _probs_or_logits(FourierBernoulliProbs, FourierBernoulliLogits)
+FourierBernoulli = _probs_or_logits(
+    "FourierBernoulli", FourierBernoulliProbs, FourierBernoulliLogits
+)
 
 
 class _CategoricalRule(_LocalExpectation):
@@ -139,7 +146,9 @@ FourierCategoricalLogits = register_fourier(
     dist.CategoricalLogits,
     type("FourierCategoricalLogits", (_CategoricalRule, dist.CategoricalLogits), {}),
 )
-FourierCategorical = _probs_or_logits(FourierCategoricalProbs, FourierCategoricalLogits)
+FourierCategorical = _probs_or_logits(
+    "FourierCategorical", FourierCategoricalProbs, FourierCategoricalLogits
+)
 
 
 def _shifted_costs(oracle, value, *shifts):
@@ -222,7 +231,9 @@ FourierGeometricProbs = register_fourier(
 FourierGeometricLogits = register_fourier(
     dist.GeometricLogits, type("FourierGeometricLogits", (_GeometricRule, dist.GeometricLogits), {})
 )
-FourierGeometric = _probs_or_logits(FourierGeometricProbs, FourierGeometricLogits)
+FourierGeometric = _probs_or_logits(
+    "FourierGeometric", FourierGeometricProbs, FourierGeometricLogits
+)
 
 
 def _sample_log_series(rng_key, q, num_aux):

@@ -185,7 +185,7 @@ def _compute_fsbp_surrogate(context, marked, model_trace, rng_key):
             if site["fn"].support.is_discrete:
                 raise ValueError(
                     f"Site '{name}': no FSBP rule for the discrete family {family}: FSBP has "
-                    "local-expectation rules for Bernoulli, Categorical and OneHotCategorical "
+                    "local-expectation rules for Bernoulli and Categorical "
                     "and lattice rules for Poisson, Binomial, Geometric and NegativeBinomial. "
                     "Remove the 'estimator' annotation, or register a rule with "
                     "numpyro_fsbp.register_fourier."
