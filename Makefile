@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch is pinned to the CPU wheel this machine kind provides; pyproject keeps a range.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[pyro,numpyro,test]"
+	$(BIN)/pip install -q -e ".[pyro,numpyro,test,tutorials]"
 	touch $(STAMP)
 
 install: $(STAMP)
