@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch is pinned to the CPU wheel this machine kind provides; pyproject keeps a range.
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[pyro,numpyro,test,tutorials]"
 	touch $(STAMP)
@@ -18,12 +18,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check pyro_fsbp numpyro_fsbp tests examples benchmarks
-	$(BIN)/ruff format --check pyro_fsbp numpyro_fsbp tests examples benchmarks
+	$(BIN)/ruff check fsbp pyro_fsbp numpyro_fsbp tests examples benchmarks tutorials
+	$(BIN)/ruff format --check fsbp pyro_fsbp numpyro_fsbp tests examples benchmarks tutorials
 
 format: install
-	$(BIN)/ruff format pyro_fsbp numpyro_fsbp tests examples benchmarks
-	$(BIN)/ruff check --fix pyro_fsbp numpyro_fsbp tests examples benchmarks
+	$(BIN)/ruff format fsbp pyro_fsbp numpyro_fsbp tests examples benchmarks tutorials
+	$(BIN)/ruff check --fix fsbp pyro_fsbp numpyro_fsbp tests examples benchmarks tutorials
 
 test: install
 	$(BIN)/python -m pytest -q tests

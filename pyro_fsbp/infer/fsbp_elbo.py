@@ -34,7 +34,7 @@ from pyro.poutine.guide import GuideMessenger
 from pyro.util import check_if_enumerated
 
 from pyro_fsbp.infer.config import _get_fsbp_options
-from pyro_fsbp.infer.handlers import _MarkFSBPSites
+from pyro_fsbp.infer.handlers import _MarkFSBPSites, _RejectModelEstimator
 from pyro_fsbp.infer.oracle import (
     _build_oracle,
     _check_dependents,
@@ -130,7 +130,7 @@ class FSBPTrace_ELBO(Trace_ELBO):
         marker = _MarkFSBPSites()
         with marker:
             model_trace, guide_trace = get_importance_trace(
-                "flat", self.max_plate_nesting, model, guide, args, kwargs
+                "flat", self.max_plate_nesting, _RejectModelEstimator()(model), guide, args, kwargs
             )
         if is_validation_enabled():
             check_if_enumerated(guide_trace)

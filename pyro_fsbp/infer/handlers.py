@@ -9,7 +9,7 @@ the program sees but not the value the trace records (HOST_INTERNALS.md 2.8).
 from pyro.ops.provenance import track_provenance
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["_MarkFSBPSites", "_SubstituteSite"]
+__all__ = ["_MarkFSBPSites", "_RejectModelEstimator", "_SubstituteSite"]
 
 
 def _is_subsample(msg):
@@ -48,3 +48,22 @@ class _SubstituteSite(Messenger):
         if msg["name"] == self.name:
             msg["value"] = self.value
             msg["done"] = True
+
+
+class _RejectModelEstimator(Messenger):
+    """
+    Raises when the *model* marks a latent site with an FSBP ``estimator``.
+
+    FSBP rules differentiate the guide's distribution; ``poutine.replay`` overwrites a model
+    latent site's ``infer`` dict with the guide's, so a mark written in the model would be
+    silently dropped. Wrapped directly around the model (innermost), this handler sees the
+    model's own ``infer`` before replay does.
+    """
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and msg["infer"].get("estimator") is not None:
+            raise ValueError(
+                f"Site '{msg['name']}': infer={{'estimator': ...}} is set on a latent site of the "
+                "model; FSBP rules apply to guide sites. Mark the guide's site "
+                f"'{msg['name']}' instead (or wrap the guide, not the model, with config_fsbp)."
+            )

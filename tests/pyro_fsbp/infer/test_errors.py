@@ -74,6 +74,21 @@ def test_estimator_on_observed_model_site():
     assert "Remove the estimator from this site" in str(info.value)
 
 
+@pytest.mark.parametrize("method", ["differentiable_loss", "loss_and_grads", "loss"])
+def test_estimator_on_latent_model_site(method):
+    def model(data):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0), infer={"estimator": "fourier"})
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", dist.Normal(z, 1.0), obs=data)
+
+    def guide(data):
+        pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.3)), 1.0))
+
+    with pytest.raises(ValueError, match="Site 'z': infer=") as info:
+        _loss(model, guide, DATA, method=method)
+    assert "Mark the guide's site 'z' instead" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "fn",
     [lambda loc: dist.Uniform(loc - 1, loc + 1), lambda loc: dist.Cauchy(loc, 1.0)],
