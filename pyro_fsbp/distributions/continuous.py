@@ -296,7 +296,8 @@ class FourierDirichlet(FourierMixin, dist.Dirichlet):
         e_k = e_k.reshape((K,) + (1,) * (value.dim() - 1) + (K,))
         s_tilde = r.unsqueeze(1) + ut_k
         points = ((value * r).unsqueeze(1) + ut_k * e_k) / s_tilde
-        (_, grads) = oracle.evaluate(points.reshape((-1,) + value.shape), order=1, block=True)
+        flat = points.reshape((-1,) + value.shape)
+        (_, grads) = oracle.evaluate(flat, order=1, block=self.event_dim)
         grads = grads.reshape(points.shape)
         own = grads.movedim(1, -2).diagonal(dim1=-2, dim2=-1)  # d_k f at the k-th point
         dot = (points * grads).sum(-1).movedim(1, -1)

@@ -107,7 +107,7 @@ class FourierOneHotCategorical(_LocalExpectation, dist.OneHotCategorical):
         num_events = value.shape[-1]
         eye = torch.eye(num_events, dtype=value.dtype, device=value.device)
         points = eye.reshape((num_events,) + (1,) * (value.dim() - 1) + (num_events,))
-        (costs,) = oracle.evaluate(points.expand((-1,) + value.shape), 0, block=True)
+        (costs,) = oracle.evaluate(points.expand((-1,) + value.shape), 0, block=self.event_dim)
         return _surrogate((self.probs, _centered(costs[..., 0]).movedim(0, -1)))
 
 

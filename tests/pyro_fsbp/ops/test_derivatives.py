@@ -47,6 +47,7 @@ LAYOUTS = {
     "event": ((2, 2, 3), 1, -3),  # plate, non-plate batch dim, event dim
     "batch_left": ((2, 3, 3), 1, -2),  # non-plate batch dim left of the plate
     "no_event": ((3, 4), 0, -2),  # coordinates in a non-plate batch dim (appendix (I) layout)
+    "to_event": ((2, 2, 3), 2, -3),  # plate, a to_event dim, the family's event dim
 }
 
 
@@ -162,13 +163,13 @@ def test_hessian_needs_one_event_dim():
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_block_evaluation(layout):
-    """block=True: the whole event block of j replaced, the gradient restricted to that block.
+    """block=1: the whole event block of j replaced, the gradient restricted to that block.
     Without event dims every coordinate is its own block."""
     oracle, z, plate_dim = _setup(layout)
     shape, event_dim, _ = LAYOUTS[layout]
     d = shape[-1] if event_dim else 1
     points = z + torch.randn((2,) + z.shape, dtype=F64)
-    f0, f1 = oracle.evaluate(points, order=1, block=True)
+    f0, f1 = oracle.evaluate(points, order=1, block=1)
     zs, ps = _to_elements(z, plate_dim), _to_elements(points, plate_dim, lead=1)
     f0, f1 = _to_elements(f0, plate_dim, lead=1), _to_elements(f1, plate_dim, lead=1)
     for s in range(2):
@@ -182,7 +183,7 @@ def test_block_evaluation(layout):
                 expected_grad = torch.func.grad(_coupled)(x)[block]
                 assert torch.allclose(f1[s, p, block], expected_grad, rtol=RTOL, atol=1e-12)
     with pytest.raises(ValueError, match="first derivatives"):
-        oracle.evaluate(points, order=2, block=True)
+        oracle.evaluate(points, order=2, block=1)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -276,7 +277,7 @@ def test_sample_strategy_unbiased(block):
 
 
 def test_block_evaluation_one_candidate_per_block():
-    """block=True under "all": one candidate per block (batch position) and point."""
+    """block=1 under "all": one candidate per block (batch position) and point."""
     shape, event_dim, plate_dim = LAYOUTS["event"]
     z = torch.randn(shape, dtype=F64)
     num_candidates = []
@@ -287,7 +288,7 @@ def test_block_evaluation_one_candidate_per_block():
         return cost_fn(values)
 
     oracle = CostOracle(counting, z, event_dim, (plate_dim,))
-    oracle.evaluate(torch.stack([z, z + 1]), order=1, block=True)
+    oracle.evaluate(torch.stack([z, z + 1]), order=1, block=1)
     assert num_candidates == [2 * shape[1]]  # 2 points x 2 blocks
 
 
@@ -321,7 +322,7 @@ def test_constant_cost_gives_zeros(connected, coordinates):
     assert all((d == 0).all() for d in derivs)
     if coordinates == "all":
         assert (f0 == 2.5).all()
-    b0, b1 = oracle.evaluate(points, order=1, block=True)
+    b0, b1 = oracle.evaluate(points, order=1, block=1)
     assert (b1 == 0).all()
 
 
@@ -331,7 +332,7 @@ def test_float32_preserved(layout, coordinates):
     oracle, z, _ = _setup(layout, dtype=F32, coordinates=coordinates)
     points = z + torch.randn((2,) + z.shape, dtype=F32)
     outputs = [oracle.gradient(), *oracle.evaluate(points, order=2)]
-    outputs += oracle.evaluate(points, order=1, block=True)
+    outputs += oracle.evaluate(points, order=1, block=1)
     if LAYOUTS[layout][1] == 1:
         outputs.append(oracle.hessian())
     for out in outputs:
