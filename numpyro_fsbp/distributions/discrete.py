@@ -83,6 +83,7 @@ class _LocalExpectation(FourierMixin):
 
     fourier_local_expectation = True
     fourier_exact_derivative_order = 0
+    fourier_exact_uses_rng_key = False
 
     def fourier_series_surrogate(self, value, oracle, order):
         raise ValueError(
@@ -162,6 +163,7 @@ class FourierPoisson(FourierMixin, dist.Poisson):
     r"""Poisson(rate λ): :math:`\partial_\lambda L = \mathbb E[f(z+1) - f(z)]` (MATH.md 2.11)."""
 
     fourier_exact_derivative_order = 0
+    fourier_exact_uses_rng_key = False
 
     def fourier_exact_surrogate(self, value, oracle, num_aux, rng_key):
         (up,) = _shifted_costs(oracle, value, 1)
@@ -179,6 +181,7 @@ class _BinomialRule(FourierMixin):
     """
 
     fourier_exact_derivative_order = 0
+    fourier_exact_uses_rng_key = False
 
     def fourier_exact_surrogate(self, value, oracle, num_aux, rng_key):
         n = jnp.broadcast_to(lax.stop_gradient(self.total_count), value.shape).astype(value.dtype)
@@ -215,6 +218,7 @@ class _GeometricRule(FourierMixin):
     :math:`\partial_p L = -p^{-1}\,\mathbb E[(z+1)(f(z+1) - f(z))]` (MATH.md 2.13)."""
 
     fourier_exact_derivative_order = 0
+    fourier_exact_uses_rng_key = False
 
     def fourier_exact_surrogate(self, value, oracle, num_aux, rng_key):
         (up,) = _shifted_costs(oracle, value, 1)

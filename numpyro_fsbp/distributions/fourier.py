@@ -21,8 +21,10 @@ MATH.md 1.1). Autodiff through ``p(theta)`` applies the chain rule for any param
 
 * ``fourier_exact_surrogate(value, oracle, num_aux, rng_key)``: the exact rule, built from the
   :class:`~numpyro_fsbp.ops.derivatives.CostOracle` (costs and per-coordinate derivatives of
-  :math:`f` at the sample or at auxiliary points), and the class attribute
-  ``fourier_exact_derivative_order`` (the highest derivative of ``f`` it uses);
+  :math:`f` at the sample or at auxiliary points), and the class attributes
+  ``fourier_exact_derivative_order`` (the highest derivative of ``f`` it uses) and
+  ``fourier_exact_uses_rng_key`` (``True``, the default, if it draws auxiliary variables from
+  ``rng_key``; ``False`` lets a direct call omit the key);
 * ``fourier_cumulants(order)``: cumulants :math:`\kappa_1..\kappa_N` of shape
   ``batch_shape + event_shape + (N,)``, differentiable in the parameters (the series rule).
 
@@ -40,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fsbp.options import _check_surrogate_options
 from numpyro_fsbp.ops.series import series_coefficients
 
 __all__ = ["FourierMixin", "register_fourier"]
@@ -102,6 +105,25 @@ def _uniform_exponential(rng_key, num_aux, like):
     return jax.random.uniform(key_u, shape, dtype) * jax.random.exponential(key_t, shape, dtype)
 
 
+def _check_surrogate_call(rule, order, num_aux, rng_key):
+    """Clear errors for a direct call of a rule (the ELBO passes validated options and a key)."""
+    call = _check_surrogate_options(rule, order, num_aux)
+    if order != "exact":
+        return  # the series rule draws nothing
+    if rng_key is None:
+        if rule.fourier_exact_uses_rng_key:
+            raise ValueError(
+                f"{call}: the exact rule of {type(rule).__name__} draws auxiliary variables and "
+                "needs a JAX key; pass rng_key=jax.random.PRNGKey(seed) (FSBP_ELBO passes one "
+                "per site and particle)."
+            )
+    elif not hasattr(rng_key, "dtype"):
+        raise ValueError(
+            f"{call}: rng_key must be a JAX key such as jax.random.PRNGKey({rng_key!r}), got "
+            f"{type(rng_key).__name__} {rng_key!r}."
+        )
+
+
 class FourierMixin:
     """
     Mixin that gives a distribution its FSBP rules (see the module docstring for the contract).
@@ -109,6 +131,8 @@ class FourierMixin:
 
     #: highest derivative of the cost that the exact rule uses
     fourier_exact_derivative_order = 1
+    #: whether the exact rule draws auxiliary variables (then a direct call must pass ``rng_key``)
+    fourier_exact_uses_rng_key = True
 
     def fourier_derivative_order(self, order):
         """Highest derivative of the cost the rule of this ``order`` needs."""
@@ -122,9 +146,13 @@ class FourierMixin:
         :param oracle: a :class:`~numpyro_fsbp.ops.derivatives.CostOracle` around ``value``.
         :param order: ``"exact"`` or an int ``N >= 1`` (the truncated series).
         :param int num_aux: auxiliary draws per coordinate for exact rules.
-        :param jax.Array rng_key: key for the auxiliary draws.
+        :param jax.Array rng_key: key for the auxiliary draws (``jax.random.PRNGKey(seed)``);
+            needed by the exact rules that draw (``fourier_exact_uses_rng_key``).
         :rtype: jax.Array (a scalar)
+        :raises ValueError: naming the class and the fix, for an invalid ``order`` or
+            ``num_aux``, or a missing or non-key ``rng_key``.
         """
+        _check_surrogate_call(self, order, num_aux, rng_key)
         if order == "exact":
             return self.fourier_exact_surrogate(value, oracle, num_aux, rng_key)
         return self.fourier_series_surrogate(value, oracle, order)

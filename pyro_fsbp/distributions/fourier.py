@@ -37,6 +37,7 @@ References
 
 import torch
 
+from fsbp.options import _check_surrogate_options
 from pyro_fsbp.ops.series import series_coefficients
 
 __all__ = ["FourierMixin", "register_fourier"]
@@ -119,7 +120,9 @@ class FourierMixin:
         :param order: ``"exact"`` or an int ``N >= 1`` (the truncated series).
         :param int num_aux: auxiliary draws per coordinate for exact rules.
         :rtype: torch.Tensor (a scalar)
+        :raises ValueError: naming the class and the fix, for an invalid ``order`` or ``num_aux``.
         """
+        _check_surrogate_options(self, order, num_aux)
         if order == "exact":
             return self.fourier_exact_surrogate(value, oracle, num_aux)
         return self.fourier_series_surrogate(value, oracle, order)

@@ -343,13 +343,14 @@ def _gamma_poisson(family, order):
 
 
 def _grads(model, guide, data):
-    """Gradients of the loss in the unconstrained parameters (as SVI takes them), key 1."""
+    """Gradients of the loss in the unconstrained parameters (as SVI takes them), key 1
+    (compiled: eagerly, each operation of the Gamma sampler would compile on its own)."""
 
     def loss(unconstrained):
         params = {name: jnp.exp(u) for name, u in unconstrained.items()}
         return FSBP_ELBO().loss(_key(1), params, model, guide, data)
 
-    grads = jax.grad(loss)({"a": jnp.log(3.0), "b": jnp.log(1.5)})
+    grads = jax.jit(jax.grad(loss))({"a": jnp.log(3.0), "b": jnp.log(1.5)})
     return [grads[n] for n in ("a", "b")]
 
 
@@ -484,7 +485,15 @@ def test_jit_surrogate_gradient_matches_eager(case):
     args, kwargs = case.make_args()
     d = case.fourier(*args, **kwargs)
     z = d.sample(_key())
-    jitted = jax.jit(_surrogate_gradient, static_argnums=2)
+    # XLA's cheapest compilation (as in test_discrete_elbo.py): each program runs twice at most
+    jitted = jax.jit(
+        _surrogate_gradient,
+        static_argnums=2,
+        compiler_options={
+            "xla_backend_optimization_level": 0,
+            "xla_llvm_disable_expensive_passes": True,
+        },
+    )
     for order in _orders(d):
         s_eager, g_eager = _surrogate_gradient(d, z, order, _key(1))
         s_jit, g_jit = jitted(d, z, order, _key(1))
@@ -492,3 +501,62 @@ def test_jit_surrogate_gradient_matches_eager(case):
         np.testing.assert_allclose(s_jit, s_eager, rtol=1e-12, atol=1e-14)
         for a, b in zip(g_jit, g_eager):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+# ----- JAX: a rule called directly ----------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_direct_call_without_rng_key(case):
+    """An exact rule that draws auxiliary variables names its class and the fix when called
+    without a key; one that draws nothing runs without a key. ``fourier_exact_uses_rng_key`` is
+    checked both ways: a rule that runs without a key gives the same value as with one, and a rule
+    that asks for one gives different surrogate gradients for different keys."""
+    args, kwargs = case.make_args()
+    d = case.fourier(*args, **kwargs)
+    z = d.sample(_key())
+    grads = [_surrogate_gradient(d, z, "exact", _key(k))[1] for k in (1, 3)]
+    same = all(np.array_equal(a, b) for a, b in zip(*grads))
+    event_dim = len(d.event_shape)
+    oracle = CostOracle(_battery_cost, z, event_dim, (-1 - event_dim,), rng_key=_key(2))
+    if type(d).fourier_exact_uses_rng_key:
+        assert not same  # the rule does draw from its key
+        name = type(d).__name__
+        match = rf"^{name}\.fourier_surrogate: the exact rule of {name} draws auxiliary variables"
+        with pytest.raises(ValueError, match=match) as info:
+            d.fourier_surrogate(z, oracle, order="exact", num_aux=1)
+        assert "rng_key=jax.random.PRNGKey(seed)" in str(info.value)
+    else:
+        assert same
+        without = d.fourier_surrogate(z, oracle, order="exact", num_aux=1)
+        with_key = d.fourier_surrogate(z, oracle, "exact", 1, _key(5))
+        assert np.array_equal(without, with_key)
+
+
+def test_direct_call_gamma_without_rng_key():
+    """The issue's example: FourierGamma's exact rule (Gamma shape, MATH.md 2.4) draws."""
+    d = numpyro_fsbp.FourierGamma(_t(2.0, 3.0), _t(0.5))
+    z = d.sample(_key())
+    oracle = CostOracle(_battery_cost, z, 0, (-1,), rng_key=_key(2))
+    with pytest.raises(ValueError, match=r"^FourierGamma\.fourier_surrogate: .* needs a JAX key"):
+        d.fourier_surrogate(z, oracle, order="exact", num_aux=1)
+    # the series rule draws nothing: no key needed
+    assert np.isfinite(d.fourier_surrogate(z, oracle, order=2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"order": 0}, r"invalid order 0; expected 'exact' or an int N >= 1"),
+        ({"order": "series"}, r"invalid order 'series'"),
+        ({"order": 2.0}, r"invalid order 2.0"),
+        ({"order": True}, r"invalid order True"),
+        ({"num_aux": 0, "rng_key": _key()}, r"invalid num_aux 0; expected an int >= 1"),
+        ({"num_aux": 1.5, "rng_key": _key()}, r"invalid num_aux 1.5"),
+        ({"rng_key": 0}, r"rng_key must be a JAX key such as jax.random.PRNGKey\(0\), got int 0"),
+    ],
+)
+def test_direct_call_invalid_arguments(kwargs, match):
+    d = numpyro_fsbp.FourierGamma(_t(2.0, 3.0), _t(0.5))
+    z = d.sample(_key())
+    oracle = CostOracle(_battery_cost, z, 0, (-1,), rng_key=_key(2))
+    with pytest.raises(ValueError, match=r"^FourierGamma\.fourier_surrogate: " + match):
+        d.fourier_surrogate(z, oracle, **kwargs)

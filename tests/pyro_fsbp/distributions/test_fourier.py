@@ -13,6 +13,7 @@ from pyro_fsbp.distributions import fourier
 from pyro_fsbp.distributions.fourier import _to_fourier
 from pyro_fsbp.infer.oracle import _unwrap
 from pyro_fsbp.ops import series
+from pyro_fsbp.ops.derivatives import CostOracle
 
 positive = dist.constraints.positive
 
@@ -320,3 +321,22 @@ def test_expand_keeps_class(cls, host, make_args):
     site_fn = trace.nodes["v"]["fn"]
     assert type(site_fn) is cls and site_fn.batch_shape == e.batch_shape
     assert type(_unwrap(site_fn)[0]) is cls
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"order": 0}, r"invalid order 0; expected 'exact' or an int N >= 1"),
+        ({"order": "series"}, r"invalid order 'series'"),
+        ({"order": 2.0}, r"invalid order 2.0"),
+        ({"order": True}, r"invalid order True"),
+        ({"num_aux": 0}, r"invalid num_aux 0; expected an int >= 1"),
+        ({"num_aux": 1.5}, r"invalid num_aux 1.5"),
+    ],
+)
+def test_direct_call_invalid_arguments(kwargs, match):
+    d = pyro_fsbp.FourierGamma(_t(2.0, 3.0), _t(0.5))
+    z = d.sample()
+    oracle = CostOracle(lambda v: v**2, z, 0, (-1,))  # one cost per plate element
+    with pytest.raises(ValueError, match=r"^FourierGamma\.fourier_surrogate: " + match):
+        d.fourier_surrogate(z, oracle, **kwargs)
