@@ -13,9 +13,11 @@ scales and masks them. The site's own :math:`-\log q_\theta(z)` is left out when
 analytic entropy (which then enters the surrogate directly, DESIGN.md section 4).
 
 :class:`_TraceCost` is a pure function of the substituted value: the guide re-runs as
-``substitute(seed(guide, guide_key), data={s: v})`` so that every other site keeps its key
-(upstream sites reproduce their values, downstream reparameterized sites move pathwise with
-``v``), and the model is replayed against that guide trace. ``jax.vmap`` batches candidate values
+``substitute(seed(guide, guide_key), data={s: v, ...})`` so that every other site keeps its key
+(downstream reparameterized sites move pathwise with ``v``); guide sites that do not depend on
+``s`` are substituted with their values from the main pass (replayed, as in ``pyro_fsbp``: the
+same values, without re-running their samplers), and the model is replayed against that guide
+trace. ``jax.vmap`` batches candidate values
 (``lax.map`` with ``vectorize=False``). It returns one cost per plate element of ``s``; everything
 else (event dims, non-plate batch dims, plates of other sites) is summed.
 :class:`~numpyro_fsbp.ops.derivatives.CostOracle` turns that into per-coordinate derivatives.
@@ -138,6 +140,16 @@ class _TraceCost:
         self.value_shape = jnp.shape(site["value"])
         self.batch_ndim = len(self.value_shape) - self.event_dim
         self.plate_dims = frozenset(f.dim for f in _vectorized_frames(site))
+        # replay every guide sample site that does not depend on the marked site: the values the
+        # seeded re-run would draw again, without running their samplers inside the vmap
+        self.replay_values = {
+            n: lax.stop_gradient(s["value"])
+            for n, s in context.guide_trace.items()
+            if s["type"] == "sample"
+            and not s["is_observed"]
+            and n != name
+            and n not in self.guide_deps
+        }
 
     def __call__(self, values):
         if self.vectorize:
@@ -146,7 +158,7 @@ class _TraceCost:
 
     def _cost(self, value):
         ctx = self.context
-        data = {**ctx.params, self.name: value}
+        data = {**ctx.params, **self.replay_values, self.name: value}
         guide = substitute(seed(ctx.guide, ctx.guide_key), data=data)
         guide_trace = trace(guide).get_trace(*ctx.args, **ctx.kwargs)
         # the model sees the guide's numpyro.mutable state, as on the main pass (substitute

@@ -11,6 +11,7 @@ compile each op on its own, 4-13 s for the Gamma-family samplers) are marked ``s
 convergence runs.
 """
 
+import functools
 import math
 
 import jax
@@ -25,6 +26,14 @@ from numpyro.infer import SVI
 from numpyro_fsbp import FSBP_ELBO
 
 STEPS, AVERAGE = 2000, 1000
+#: XLA's cheapest compilation (as in test_discrete_elbo.py), for programs that run once
+_jit_once = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
 FOURIER = {"estimator": "fourier"}
 
 
@@ -224,7 +233,7 @@ def test_posterior_is_stationary(name, jit):
         return FSBP_ELBO().loss(random.PRNGKey(0), params, model, guide)
 
     grad = jax.grad(loss)
-    grads = (jax.jit(grad) if jit else grad)(params)
+    grads = (_jit_once(grad) if jit else grad)(params)
     for g in grads.values():
         g = g.reshape(P, -1)
         se = g.std(0, ddof=1) / math.sqrt(P)
