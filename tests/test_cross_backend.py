@@ -18,7 +18,9 @@ def _torch_grads(family, params, z, order, cost):
     import pyro_fsbp
     from pyro_fsbp.ops.derivatives import CostOracle
 
-    ps = [torch.tensor(p, dtype=torch.float64).expand(len(z)).clone().requires_grad_() for p in params]
+    ps = [
+        torch.tensor(p, dtype=torch.float64).expand(len(z)).clone().requires_grad_() for p in params
+    ]
     d = getattr(pyro_fsbp, f"Fourier{family}")(*ps)
     zt = torch.tensor(z, dtype=torch.float64)
     oracle = CostOracle(lambda v: COSTS[cost](torch, v), zt, 0, (-1,))

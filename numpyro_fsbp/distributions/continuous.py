@@ -67,6 +67,7 @@ class FourierNormal(FourierMixin, dist.Normal):
     r"""Normal with the Bonnet/Price rules (exact at series order 2; [1] eq. (15))."""
 
     fourier_exact_derivative_order = 2
+    fourier_exact_uses_rng_key = False
 
     def fourier_exact_surrogate(self, value, oracle, num_aux, rng_key):
         _, f1, f2 = oracle.evaluate(value[None], order=2)
@@ -86,6 +87,7 @@ class FourierMultivariateNormal(FourierMixin, dist.MultivariateNormal):
     """
 
     fourier_exact_derivative_order = 2
+    fourier_exact_uses_rng_key = False
 
     def fourier_exact_surrogate(self, value, oracle, num_aux, rng_key):
         grad, hess = oracle.gradient(), oracle.hessian()
@@ -111,6 +113,7 @@ class FourierDelta(FourierMixin, dist.Delta):
 
     #: the rule needs the gradient at the sample only, which is exact even under coupling
     fourier_gradient_at_sample_only = True
+    fourier_exact_uses_rng_key = False
 
     def fourier_exact_surrogate(self, value, oracle, num_aux, rng_key):
         return _surrogate((self.v, oracle.gradient()))
@@ -202,6 +205,7 @@ class FourierLogNormal(FourierMixin, dist.LogNormal):
     """
 
     fourier_exact_derivative_order = 2
+    fourier_exact_uses_rng_key = False
 
     def fourier_exact_surrogate(self, value, oracle, num_aux, rng_key):
         _, f1, f2 = oracle.evaluate(value[None], order=2)
@@ -305,7 +309,8 @@ class FourierDirichlet(FourierMixin, dist.Dirichlet):
         e_k = jnp.eye(K, dtype=value.dtype).reshape((K,) + (1,) * (value.ndim - 1) + (K,))
         s_tilde = r[:, None] + ut_k
         points = ((value * r)[:, None] + ut_k * e_k) / s_tilde
-        (_, grads) = oracle.evaluate(points.reshape((-1,) + value.shape), order=1, block=True)
+        flat = points.reshape((-1,) + value.shape)
+        (_, grads) = oracle.evaluate(flat, order=1, block=self.event_dim)
         grads = grads.reshape(points.shape)
         own = jnp.diagonal(jnp.moveaxis(grads, 1, -2), axis1=-2, axis2=-1)  # d_k f at point k
         dot = jnp.moveaxis((points * grads).sum(-1), 1, -1)

@@ -33,7 +33,7 @@ from numpyro.infer.util import compute_log_probs
 from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_fsbp.infer.config import _get_fsbp_options
-from numpyro_fsbp.infer.handlers import _MarkFSBPSites
+from numpyro_fsbp.infer.handlers import _MarkFSBPSites, _RejectModelEstimator
 from numpyro_fsbp.infer.oracle import (
     _build_oracle,
     _check_dependents,
@@ -119,7 +119,10 @@ class FSBPTrace_ELBO(ELBO):
             mutable_params = _get_mutable(guide_trace)
             params = {**param_map, **mutable_params}
             model_log_probs, model_trace = compute_log_probs(
-                replay(seed(model, model_seed), guide_trace), args, kwargs, params
+                replay(seed(_RejectModelEstimator(model), model_seed), guide_trace),
+                args,
+                kwargs,
+                params,
             )
             check_model_guide_match(model_trace, guide_trace)
             _validate_model(model_trace, plate_warning="loose")

@@ -11,7 +11,7 @@ keeps every downstream key fixed.
 from jax import lax
 from numpyro.primitives import Messenger
 
-__all__ = ["_MarkFSBPSites"]
+__all__ = ["_MarkFSBPSites", "_RejectModelEstimator"]
 
 
 class _MarkFSBPSites(Messenger):
@@ -29,3 +29,26 @@ class _MarkFSBPSites(Messenger):
         ):
             msg["value"] = lax.stop_gradient(msg["value"])
             msg["intermediates"] = None
+
+
+class _RejectModelEstimator(Messenger):
+    """
+    Raises when the *model* marks a latent site with an FSBP ``estimator``.
+
+    FSBP rules differentiate the guide's distribution; ``replay`` overwrites a model latent
+    site's ``infer`` dict with the guide's, so a mark written in the model would be silently
+    dropped. Wrapped directly around the model (innermost), this handler sees the model's own
+    ``infer`` before replay does.
+    """
+
+    def process_message(self, msg):
+        if (
+            msg["type"] == "sample"
+            and not msg["is_observed"]
+            and (msg.get("infer") or {}).get("estimator") is not None
+        ):
+            raise ValueError(
+                f"Site '{msg['name']}': infer={{'estimator': ...}} is set on a latent site of the "
+                "model; FSBP rules apply to guide sites. Mark the guide's site "
+                f"'{msg['name']}' instead (or wrap the guide, not the model, with config_fsbp)."
+            )

@@ -165,14 +165,18 @@ class CostOracle:
 
     # ----- bases of coordinates ---------------------------------------------------------------
     def _basis(self, block):
-        """One-hot indicators ``(B, *coord_shape)`` of coordinates (or of event blocks)."""
+        """
+        One-hot indicators ``(B, *coord_shape)`` of coordinates, or (``block`` > 0) of blocks:
+        the rightmost ``block`` dims, the rule family's own event (a site's ``to_event`` dims
+        are not part of it: each of their positions is a block of its own).
+        """
+        block = min(block, self.event_dim)
         eye = jnp.eye(self.num_coords, dtype=self.value.dtype)
         basis = eye.reshape((self.num_coords,) + self.coord_shape)
-        if block and self.event_dim:
-            # one indicator per non-plate batch position, covering its whole event block
-            event_size = math.prod(self.coord_shape[self.batch_ndim :])
-            event_dims = tuple(range(-self.event_dim, 0))
-            basis = basis[::event_size].max(event_dims, keepdims=True)
+        if block:
+            block_size = math.prod(self.coord_shape[-block:])
+            block_dims = tuple(range(-block, 0))
+            basis = basis[::block_size].max(block_dims, keepdims=True)
             basis = jnp.broadcast_to(basis, basis.shape[:1] + self.coord_shape)
         return basis
 
@@ -239,7 +243,8 @@ class CostOracle:
             self._check_separable()
         if (self.separable and joint_ok) or self.num_coords == 1 and not block:
             return jnp.ones_like(self.value)[None], 1.0, False
-        if block and self.num_coords == math.prod(self.coord_shape[self.batch_ndim :]):
+        block = min(block, self.event_dim)
+        if block and self.num_coords == math.prod(self.coord_shape[-block:]):
             return jnp.ones_like(self.value)[None], 1.0, False
         if self.coordinates == "sample":
             chosen, weight = self._sampled_basis(block)
@@ -263,17 +268,20 @@ class CostOracle:
         _, (d1,) = _directional_derivatives(self.cost_fn, self.value[None], None, 1)
         return d1[0]
 
-    def evaluate(self, points, order, block=False):
+    def evaluate(self, points, order, block=0):
         r"""
         Per-coordinate costs and derivatives at auxiliary points applied one coordinate at a time.
 
         For each point ``p = points[s]`` and coordinate ``j`` the cost is evaluated at ``z`` with
-        coordinate ``j`` replaced by ``p[j]`` (``block=True``: the whole event block of ``j``
-        replaced), and entry ``[s][j]`` of the k-th output is the k-th derivative along ``e_j``
-        (``block=True``: only ``k <= 1``, the gradient restricted to that block).
+        coordinate ``j`` replaced by ``p[j]`` (``block=n``: the whole block of ``j`` in the
+        rightmost ``n`` dims replaced), and entry ``[s][j]`` of the k-th output is the k-th
+        derivative along ``e_j`` (blocks: only ``k <= 1``, the gradient restricted to the block).
 
         :param jax.Array points: ``(S, *value.shape)``.
         :param int order: highest derivative order.
+        :param int block: 0 (coordinates), or the number of rightmost dims that form one block:
+            the rule family's own ``event_dim`` (1 for Dirichlet), never the site's, which also
+            counts ``to_event`` dims.
         :returns: list ``[F_0, ..., F_order]`` of ``(S, *value.shape)`` arrays; under
             ``coordinates="sample"`` only the drawn coordinate is non-zero, weighted by ``D``.
             Under ``separable=True`` one evaluation with every coordinate replaced serves all

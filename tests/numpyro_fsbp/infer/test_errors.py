@@ -13,6 +13,7 @@ The downstream-sampler programs compile second derivatives of Gamma samplers (se
 case of each is in the fast tier, the full grid is marked ``slow`` (see :func:`_grid`).
 """
 
+import functools
 import itertools
 
 import jax
@@ -30,6 +31,14 @@ from numpyro_fsbp import FSBP_ELBO
 positive = dist.constraints.positive
 DATA = jnp.array([1.0, 2.0, 3.0])
 JIT = [False, True]
+#: XLA's cheapest compilation (as in test_discrete_elbo.py): each program runs once
+_jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
 
 
 def _grid(*axes, fast):
@@ -74,7 +83,7 @@ def _loss(model, guide, *args, method="value_and_grad", jit=False, elbo=None):
         return elbo.loss(random.PRNGKey(0), params, model, guide, *args)
 
     fn = loss_fn if method == "loss" else jax.value_and_grad(loss_fn)
-    out = (jax.jit(fn) if jit else fn)(unconstrained)
+    out = (_jit(fn) if jit else fn)(unconstrained)
     return (out, {}) if method == "loss" else out
 
 
@@ -128,6 +137,21 @@ def test_estimator_on_observed_model_site(jit):
     with pytest.raises(ValueError, match="Site 'x' is observed") as info:
         _loss(model, guide, DATA, jit=jit)
     assert "Remove the estimator from this site" in str(info.value)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_estimator_on_latent_model_site(jit):
+    def model(data):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0), infer={"estimator": "fourier"})
+        with numpyro.plate("data", len(data)):
+            numpyro.sample("x", dist.Normal(z, 1.0), obs=data)
+
+    def guide(data):
+        numpyro.sample("z", dist.Normal(numpyro.param("loc", jnp.array(0.3)), 1.0))
+
+    with pytest.raises(ValueError, match="Site 'z': infer=") as info:
+        _loss(model, guide, DATA, jit=jit)
+    assert "Mark the guide's site 'z' instead" in str(info.value)
 
 
 @pytest.mark.parametrize("jit", JIT)

@@ -32,6 +32,15 @@ import numpyro_fsbp
 from numpyro_fsbp import FSBP_ELBO, FSBPTrace_ELBO
 
 JIT = [False, True]
+#: XLA's cheapest compilation (as in test_discrete_elbo.py): these programs run once or twice, so
+#: the optimizer's passes cost more than they save
+_jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
 
 
 def _grid(*axes, fast):
@@ -80,7 +89,7 @@ def _grads(elbo, rng_key, model, guide, *args, jit=False, method="value_and_grad
         return elbo.loss(rng_key, constrain(u), model, guide, *args)
 
     fn = loss_fn if method == "loss" else jax.value_and_grad(loss_fn)
-    out = (jax.jit(fn) if jit else fn)(unconstrained)
+    out = (_jit(fn) if jit else fn)(unconstrained)
     loss, grads = (out, {}) if method == "loss" else out
     return loss, grads, constrain(unconstrained)
 
@@ -316,6 +325,35 @@ def test_kl_gradient_many_particles(family, order, jit):
 
 
 @pytest.mark.parametrize("jit", _grid(JIT, fast={(True,)}))
+def test_dirichlet_to_event_coupled_cost(jit):
+    """Two Dirichlet vectors in one site (to_event(1)) and a cost that couples them,
+    f = <d_0, u> <d_1, v>: the rule replaces one vector (block) at a time. Exact reference:
+    E f = <E d_0, u> <E d_1, v> with E d = alpha / sum(alpha), plus the analytic KL."""
+    alpha0 = jnp.array([[1.5, 2.0, 2.5], [0.8, 1.2, 3.0]])
+    prior = dist.Dirichlet(jnp.broadcast_to(jnp.array([1.0, 2.0, 3.0]), (2, 3))).to_event(1)
+    u, v = jnp.array([1.0, -2.0, 3.0]), jnp.array([0.5, 2.0, -1.0])
+
+    def model():
+        with numpyro.plate("particles", P):
+            d = numpyro.sample("d", prior.expand([P]))
+            numpyro.factor("f", (d[..., 0, :] * u).sum(-1) * (d[..., 1, :] * v).sum(-1))
+
+    def guide():
+        a = numpyro.param("a", jnp.broadcast_to(alpha0, (P, 2, 3)))
+        with numpyro.plate("particles", P):
+            numpyro.sample("d", dist.Dirichlet(a).to_event(1), infer={"estimator": "fourier"})
+
+    _, grads, _ = _grads(FSBP_ELBO(), random.PRNGKey(0), model, guide, jit=jit)
+
+    def neg_elbo(a):
+        mean = a / a.sum(-1, keepdims=True)
+        kl = kl_divergence(dist.Dirichlet(a), prior.base_dist).sum()
+        return kl - (mean[0] @ u) * (mean[1] @ v)
+
+    _assert_mean_within_se(grads["a"], jax.grad(neg_elbo)(alpha0), "a")
+
+
+@pytest.mark.parametrize("jit", _grid(JIT, fast={(True,)}))
 def test_kl_gradient_dirichlet_and_mvn(jit):
     alpha0 = jnp.array([1.5, 2.0, 2.5])
     prior_d = dist.Dirichlet(jnp.array([1.0, 2.0, 3.0]))
@@ -449,7 +487,7 @@ def test_mutable_state_as_trace_elbo(jit):
             return out["loss"], out["mutable_state"]
 
         fn = jax.value_and_grad(fn, has_aux=True)
-        return (jax.jit(fn) if jit else fn)(jnp.array(0.3))
+        return (_jit(fn) if jit else fn)(jnp.array(0.3))
 
     (loss0, state0), grad0 = run(Trace_ELBO(), False)
     (loss1, state1), grad1 = run(FSBP_ELBO(), True)
@@ -458,3 +496,74 @@ def test_mutable_state_as_trace_elbo(jit):
     assert jnp.allclose(state0["stats"]["mean"], state1["stats"]["mean"], rtol=1e-12)
     assert jnp.allclose(loss0, loss1, rtol=1e-12)
     assert jnp.allclose(grad0, grad1, rtol=1e-12)
+
+
+# ----- 7. JAX only: the oracle replays guide sites that do not depend on the marked site -------
+class _CountedNormal(dist.Normal):
+    """A Normal that records each run of its sampler (at trace time) under ``site``."""
+
+    calls = []
+    site = None
+
+    def sample(self, key, sample_shape=()):
+        self.calls.append(self.site)
+        return super().sample(key, sample_shape)
+
+
+class _CountedNormalU(_CountedNormal):
+    site = "u"
+
+
+class _CountedNormalV(_CountedNormal):
+    site = "v"
+
+
+def _replay_model(data):
+    with numpyro.plate("n", 3):
+        u = numpyro.sample("u", dist.Normal(0.0, 1.0))
+        z = numpyro.sample("z", dist.Normal(u, 1.0))
+        w = numpyro.sample("w", dist.Normal(z, 1.0))
+        v = numpyro.sample("v", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(w + jnp.tanh(v) * z, 1.0), obs=data)
+
+
+def _replay_guide(data):
+    loc = numpyro.param("loc", jnp.array([0.1, 0.2, 0.3]))
+    s = numpyro.param("s", jnp.array([0.5, 1.0, 1.5]), constraint=constraints.positive)
+    with numpyro.plate("n", 3):
+        u = numpyro.sample("u", _CountedNormalU(loc, s))  # upstream of z
+        z = numpyro.sample("z", dist.Normal(loc + u, s), infer={"estimator": "fourier"})
+        numpyro.sample("w", dist.Normal(z, 0.5))  # downstream: moves with z
+        numpyro.sample("v", _CountedNormalV(loc, s))  # independent of z
+
+
+@pytest.mark.parametrize("jit", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_non_dependent_guide_sites_are_replayed(jit, monkeypatch):
+    """The oracle of z substitutes the main pass's values of the guide sites that z does not
+    reach (u upstream, v independent) instead of re-running their samplers: each sampler runs
+    on the main pass and the provenance pass, not once more per oracle evaluation. The loss
+    and gradients are those of the re-run that re-samples u and v from their keys (the same keys
+    give the same values), to float64 rounding."""
+    from numpyro_fsbp.infer import oracle
+
+    data = jnp.array([0.5, 1.5, 2.5])
+    _CountedNormal.calls.clear()
+    replayed = _grads(FSBP_ELBO(), random.PRNGKey(3), _replay_model, _replay_guide, data, jit=jit)
+    # the parameters' init run, the main pass and the provenance pass: nothing in the oracle
+    assert sorted(_CountedNormal.calls) == ["u"] * 3 + ["v"] * 3
+
+    init = oracle._TraceCost.__init__
+
+    def resample(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        assert set(self.replay_values) == {"u", "v"}  # not z itself, not the dependent w
+        self.replay_values = {}
+
+    monkeypatch.setattr(oracle._TraceCost, "__init__", resample)
+    _CountedNormal.calls.clear()
+    resampled = _grads(FSBP_ELBO(), random.PRNGKey(3), _replay_model, _replay_guide, data, jit=jit)
+    assert _CountedNormal.calls.count("u") > 3 and _CountedNormal.calls.count("v") > 3
+    assert jnp.allclose(replayed[0], resampled[0], rtol=1e-12)
+    for name in ("loc", "s"):
+        assert jnp.all(replayed[1][name] != 0), name
+        assert jnp.allclose(replayed[1][name], resampled[1][name], rtol=1e-12, atol=1e-14), name

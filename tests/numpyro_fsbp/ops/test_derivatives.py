@@ -72,6 +72,7 @@ LAYOUTS = {
     "event": ((2, 2, 3), 1, -3),  # plate, non-plate batch dim, event dim
     "batch_left": ((2, 3, 3), 1, -2),  # non-plate batch dim left of the plate
     "no_event": ((3, 4), 0, -2),  # coordinates in a non-plate batch dim (appendix (I) layout)
+    "to_event": ((2, 2, 3), 2, -3),  # plate, a to_event dim, the family's event dim
 }
 
 
@@ -283,13 +284,13 @@ def test_hessian_needs_one_event_dim():
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_block_evaluation(layout):
-    """block=True: the whole event block of j replaced, the gradient restricted to that block.
+    """block=1: the whole event block of j replaced, the gradient restricted to that block.
     Without event dims every coordinate is its own block."""
     oracle, z, plate_dim = _setup(layout)
     shape, event_dim, _ = LAYOUTS[layout]
     d = shape[-1] if event_dim else 1
     points = z + _randn((2,) + z.shape)
-    f0, f1 = oracle.evaluate(points, order=1, block=True)
+    f0, f1 = oracle.evaluate(points, order=1, block=1)
     zs, ps = _to_elements(z, plate_dim), _to_elements(points, plate_dim, lead=1)
     f0, f1 = _to_elements(f0, plate_dim, lead=1), _to_elements(f1, plate_dim, lead=1)
     # the references, one (point, plate element, block) at a time, batched for speed
@@ -307,7 +308,7 @@ def test_block_evaluation(layout):
         assert _allclose(f0[s, p, block], np.broadcast_to(cost, (d,)), rtol=RTOL)
         assert _allclose(f1[s, p, block], grad[block], rtol=RTOL, atol=1e-12)
     with pytest.raises(ValueError, match="first derivatives"):
-        oracle.evaluate(points, order=2, block=True)
+        oracle.evaluate(points, order=2, block=1)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -412,7 +413,7 @@ def test_sample_strategy_unbiased(block):
 
 
 def test_block_evaluation_one_candidate_per_block():
-    """block=True under "all": one candidate per block (batch position) and point."""
+    """block=1 under "all": one candidate per block (batch position) and point."""
     shape, event_dim, plate_dim = LAYOUTS["event"]
     z = _randn(shape, seed=0)
     num_candidates = []
@@ -423,7 +424,7 @@ def test_block_evaluation_one_candidate_per_block():
         return cost_fn(values)
 
     oracle = _Jitted(CostOracle(counting, z, event_dim, (plate_dim,)))
-    oracle.evaluate(np.stack([z, z + 1]), order=1, block=True)  # traced once
+    oracle.evaluate(np.stack([z, z + 1]), order=1, block=1)  # traced once
     assert num_candidates == [2 * shape[1]]  # 2 points x 2 blocks
 
 
@@ -537,7 +538,7 @@ def _all_outputs(cost_fn, z, points, event_dim, plate_dim, order=3, **kwargs):
     oracle = CostOracle(cost_fn, z, event_dim, (plate_dim,), **kwargs)
     outputs = [oracle.gradient(), oracle.base_cost(), oracle.costs(points)]
     outputs += oracle.evaluate(points, order=order)
-    outputs += oracle.evaluate(points, order=1, block=True)
+    outputs += oracle.evaluate(points, order=1, block=1)
     if event_dim == 1:
         outputs.append(oracle.hessian())
     return outputs
