@@ -32,6 +32,7 @@ row's is not, ``nan`` if both are 0 or the reference has no such row.
 Importing this module imports neither torch nor jax (numpy only).
 """
 
+import copy
 import functools
 import inspect
 import math
@@ -363,3 +364,38 @@ def _constructor_arguments(fn, lazy_types, is_float_array):
                     del kwargs[n]
     names = [n for n in kwargs if n in arg_names and is_float_array(kwargs[n])]
     return kwargs, names
+
+
+def _split_wrappers(fn, wrapper_types):
+    """``(wrappers, family)``: the Independent/Masked/Expanded wrappers, outermost first."""
+    wrappers = []
+    while isinstance(fn, wrapper_types):
+        wrappers.append(fn)
+        fn = fn.base_dist
+    return wrappers, fn
+
+
+def _rewrap(wrappers, base):
+    """Shallow copies of ``wrappers`` around a new ``base``."""
+    for wrapper in reversed(wrappers):
+        wrapper = copy.copy(wrapper)
+        wrapper.base_dist = base
+        base = wrapper
+    return base
+
+
+def _site_arguments(fn, wrapper_types, lazy_types, is_float_array, check=False):
+    """``(kwargs, names)`` that rebuild the site's family (see :func:`_constructor_arguments`),
+    or ``None``; ``check``: also try the rebuild (the constructor must accept the arguments and
+    give the same shapes)."""
+    family = _split_wrappers(fn, wrapper_types)[1]
+    rebuilt = _constructor_arguments(family, lazy_types, is_float_array)
+    if rebuilt is None or not check:
+        return rebuilt
+    try:
+        new = type(family)(**rebuilt[0])
+    except Exception:
+        return None
+    if new.batch_shape != family.batch_shape or new.event_shape != family.event_shape:
+        return None
+    return rebuilt

@@ -68,7 +68,8 @@ from pyro.infer.elbo import ELBO
 from torch.distributions import Independent
 from torch.distributions.utils import lazy_property
 
-from fsbp.diagnostics import GradientDiagnostics, _constructor_arguments
+from fsbp import diagnostics as _shared
+from fsbp.diagnostics import GradientDiagnostics, _rewrap
 from pyro_fsbp.infer.config import _get_fsbp_options
 from pyro_fsbp.infer.fsbp_elbo import FSBPTrace_ELBO
 
@@ -83,38 +84,13 @@ def _is_float_tensor(x):
 
 
 def _split_wrappers(fn):
-    """``(wrappers, family)``: the Independent/Masked/Expanded wrappers, outermost first."""
-    wrappers = []
-    while isinstance(fn, _WRAPPERS):
-        wrappers.append(fn)
-        fn = fn.base_dist
-    return wrappers, fn
-
-
-def _rewrap(wrappers, base):
-    """Shallow copies of ``wrappers`` around a new ``base``."""
-    for wrapper in reversed(wrappers):
-        wrapper = copy.copy(wrapper)
-        wrapper.base_dist = base
-        base = wrapper
-    return base
+    """:func:`fsbp.diagnostics._split_wrappers` with this backend's wrapper classes."""
+    return _shared._split_wrappers(fn, _WRAPPERS)
 
 
 def _site_arguments(fn, check=False):
-    """``(kwargs, names)`` that rebuild the site's family, or ``None`` (see fsbp.diagnostics);
-    ``check``: also try the rebuild (the constructor must accept the arguments and give the same
-    shapes)."""
-    family = _split_wrappers(fn)[1]
-    rebuilt = _constructor_arguments(family, (lazy_property,), _is_float_tensor)
-    if rebuilt is None or not check:
-        return rebuilt
-    try:
-        new = type(family)(**rebuilt[0])
-    except Exception:
-        return None
-    if new.batch_shape != family.batch_shape or new.event_shape != family.event_shape:
-        return None
-    return rebuilt
+    """:func:`fsbp.diagnostics._site_arguments` with this backend's types."""
+    return _shared._site_arguments(fn, _WRAPPERS, (lazy_property,), _is_float_tensor, check)
 
 
 def _perturb_arguments(fn, deltas):
