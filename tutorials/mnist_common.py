@@ -59,25 +59,39 @@ def load_mnist(num_train, num_valid, num_test, dtype=None, seed=0):
     return tuple(subsets)
 
 
-def train(svi, x, epochs, batch_size, evaluate=None, seed=0, desc="", disable=False):
+def train(
+    svi,
+    x,
+    epochs,
+    batch_size,
+    evaluate=None,
+    seed=0,
+    desc="",
+    disable=False,
+    time_budget=None,
+    eval_every=1,
+):
     """
     Run ``epochs`` passes of ``svi.step`` over shuffled minibatches of ``x`` (the last partial
     batch is dropped, so every step sees ``batch_size`` points: Pyro's decaying-average
     baseline keeps one running average per batch position).
 
-    :param callable evaluate: called after every epoch (outside the timed part); what it returns
-        is recorded under ``"eval"``.
-    :returns: ``{"elbo": [...], "seconds": [...], "eval": [...]}``: per epoch, the mean training
-        ELBO per data point (from the step losses: a one-draw estimate of each estimator's own
-        objective, which for a relaxation is not the discrete ELBO), the CPU time of the epoch
-        (``time.process_time``: on a shared machine it is steadier than the wall time, and with
-        ``torch.set_num_threads(1)`` it is the time on one core),
-        and the result of ``evaluate``.
+    :param callable evaluate: called every ``eval_every`` epochs and after the last one (outside
+        the timed part); what it returns is recorded under ``"eval"``, the epoch (1-based) under
+        ``"eval_epochs"``.
+    :param float time_budget: if given, stop after the first epoch at which the training CPU time
+        reaches ``time_budget`` seconds (``epochs`` is then an upper bound).
+    :returns: ``{"elbo": [...], "seconds": [...], "eval": [...], "eval_epochs": [...]}``: per
+        epoch, the mean training ELBO per data point (from the step losses: a one-draw estimate of
+        each estimator's own objective, which for a relaxation is not the discrete ELBO), the CPU
+        time of the epoch (``time.process_time``: on a shared machine it is steadier than the wall
+        time, and with ``torch.set_num_threads(1)`` it is the time on one core), and the results
+        of ``evaluate`` with their epochs.
     """
     gen = torch.Generator().manual_seed(seed)
     num_batches = len(x) // batch_size
-    history = {"elbo": [], "seconds": [], "eval": []}
-    for _ in tqdm(range(epochs), desc=desc, disable=disable):
+    history = {"elbo": [], "seconds": [], "eval": [], "eval_epochs": []}
+    for epoch in tqdm(range(epochs), desc=desc, disable=disable):
         order = torch.randperm(len(x), generator=gen)
         start = time.process_time()
         total = 0.0
@@ -85,8 +99,14 @@ def train(svi, x, epochs, batch_size, evaluate=None, seed=0, desc="", disable=Fa
             total += svi.step(x[order[b * batch_size : (b + 1) * batch_size]])
         history["seconds"].append(time.process_time() - start)
         history["elbo"].append(-total / (num_batches * batch_size))
-        if evaluate is not None:
+        done = epoch + 1 == epochs
+        if time_budget is not None and sum(history["seconds"]) >= time_budget:
+            done = True
+        if evaluate is not None and (done or (epoch + 1) % eval_every == 0):
             history["eval"].append(evaluate())
+            history["eval_epochs"].append(epoch + 1)
+        if done:
+            break
     return history
 
 
@@ -124,13 +144,14 @@ def fit(model, guide, estimator, elbo, data, epochs, batch_size, lr, num_samples
     """
     Train ``guide(x, estimator)`` against ``model`` with ``SVI`` (Adam, ``lr``) and ``elbo``, then
     evaluate the *discrete* guide ``guide(x)`` on the test images: ELBO and importance-sampled
-    log-likelihood with ``num_samples`` draws. After every epoch the ELBO on the validation images
-    (5 draws of the discrete guide) is recorded, so the curves of all estimators measure the same
-    quantity. ``data`` is ``(train_x, valid_x, test_x)``; ``kwargs`` go to :func:`train`. Runs with
+    log-likelihood with ``num_samples`` draws. After every epoch (every ``eval_every`` epochs, a
+    keyword of :func:`train`) the ELBO on the validation images (5 draws of the discrete guide) is
+    recorded, so the curves of all estimators measure the same quantity. ``data`` is ``(train_x, valid_x, test_x)``; ``kwargs`` go to :func:`train`. Runs with
     Pyro's validation off (the same for every estimator).
 
     :returns: dict with ``history`` (see :func:`train`), ``test_elbo``, ``test_ll`` (means per
-        image, nats), ``epoch_seconds`` (mean CPU time of a training epoch).
+        image, nats), ``epoch_seconds`` (mean CPU time of a training epoch), ``epochs`` (number
+        of epochs run) and ``train_seconds`` (their total CPU time).
     """
     train_x, valid_x, test_x = data
 
@@ -149,6 +170,8 @@ def fit(model, guide, estimator, elbo, data, epochs, batch_size, lr, num_samples
         "test_elbo": test_elbo.mean().item(),
         "test_ll": test_ll.mean().item(),
         "epoch_seconds": sum(history["seconds"]) / len(history["seconds"]),
+        "epochs": len(history["seconds"]),
+        "train_seconds": sum(history["seconds"]),
     }
 
 
@@ -186,12 +209,24 @@ def markdown_table(headers, rows):
     return "\n".join(lines)
 
 
-def plot_curves(ax_epoch, ax_time, histories, labels, title):
-    """Validation ELBO against epochs (``ax_epoch``) and against training CPU time (``ax_time``)."""
+def plot_curves(ax_epoch, ax_time, histories, labels, title, time_only=None):
+    """
+    Validation ELBO against epochs (``ax_epoch``) and against training CPU time (``ax_time``).
+    ``time_only`` maps keys of long equal-time runs to the key of a short run: they are drawn on
+    ``ax_time`` only, dashed, in the short run's colour (so it must come first in ``histories``).
+    """
+    time_only = time_only or {}
+    colours = {}
     for key, history in histories.items():
-        epochs = range(1, len(history["eval"]) + 1)
         seconds = torch.tensor(history["seconds"]).cumsum(0)
-        ax_epoch.plot(epochs, history["eval"], "o-", label=labels[key])
-        ax_time.plot(seconds, history["eval"], "o-", label=labels[key])
+        epochs = history["eval_epochs"]
+        at = seconds[torch.tensor(epochs) - 1]
+        if key in time_only:
+            colour = colours[time_only[key]]
+            ax_time.plot(at, history["eval"], "--", color=colour, label=labels[key])
+            continue
+        (line,) = ax_epoch.plot(epochs, history["eval"], "o-", label=labels[key])
+        colours[key] = line.get_color()
+        ax_time.plot(at, history["eval"], "o-", color=colours[key], label=labels[key])
     ax_epoch.set(xlabel="epoch", ylabel="validation ELBO (nats)", title=title)
     ax_time.set(xlabel="training CPU time (s, log scale)", title=title, xscale="log")
