@@ -153,13 +153,20 @@ class CostOracle:
         return chosen.unsqueeze(0), float(n)
 
     def _check_separable(self):
-        """Probe ``separable=True``: mixed second derivatives along a random coordinate are 0."""
+        """
+        Probe ``separable=True``: mixed second derivatives along a random coordinate are 0.
+        The probe's draws come from a forked RNG, so validation does not change later draws.
+        """
         self._unchecked = False
-        chosen, _ = self._sampled_basis(block=False)
-        try:
-            _, (_, hvp) = _directional_derivatives(self.cost_fn, self.value.unsqueeze(0), chosen, 2)
-        except (RuntimeError, NotImplementedError):
-            return  # the cost cannot be differentiated twice: nothing to probe with
+        cuda = [self.value.device] if self.value.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            chosen, _ = self._sampled_basis(block=False)
+            try:
+                _, (_, hvp) = _directional_derivatives(
+                    self.cost_fn, self.value.unsqueeze(0), chosen, 2
+                )
+            except (RuntimeError, NotImplementedError):
+                return  # the cost cannot be differentiated twice: nothing to probe with
         mixed = (hvp * (1 - chosen)).abs().max()
         tol = 1e3 * torch.finfo(hvp.dtype).eps * (hvp.abs().max() + 1)
         if mixed > tol:
