@@ -57,7 +57,6 @@ Example::
 """
 
 import copy
-import random
 
 import pyro
 import torch
@@ -65,6 +64,7 @@ from pyro import poutine
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.elbo import ELBO
+from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import Independent
 from torch.distributions.utils import lazy_property
 
@@ -274,25 +274,15 @@ def _draw_gradients(elbo, force_score, model, guide, args, kwargs, arguments, ma
 
 
 def _get_rng_state():
-    state = {"torch": torch.get_rng_state(), "random": random.getstate()}
-    try:
-        import numpy as np
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:  # pragma: no cover
-        pass
+    """Pyro's RNG state (torch, random, numpy) plus CUDA's when CUDA is in use."""
+    state = get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["random"])
-    if "numpy" in state:
-        import numpy as np
-
-        np.random.set_state(state["numpy"])
+    set_rng_state(state)
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -170,7 +170,6 @@ class CostOracle:
         the rightmost ``block`` dims, the rule family's own event (a site's ``to_event`` dims
         are not part of it: each of their positions is a block of its own).
         """
-        block = min(block, self.event_dim)
         eye = jnp.eye(self.num_coords, dtype=self.value.dtype)
         basis = eye.reshape((self.num_coords,) + self.coord_shape)
         if block:
@@ -243,7 +242,6 @@ class CostOracle:
             self._check_separable()
         if (self.separable and joint_ok) or self.num_coords == 1 and not block:
             return jnp.ones_like(self.value)[None], 1.0, False
-        block = min(block, self.event_dim)
         if block and self.num_coords == math.prod(self.coord_shape[-block:]):
             return jnp.ones_like(self.value)[None], 1.0, False
         if self.coordinates == "sample":
@@ -289,6 +287,7 @@ class CostOracle:
         """
         if block and order > 1:
             raise ValueError("block evaluations support first derivatives only")
+        block = min(block, self.event_dim)  # a site without event dims: coordinates
         points = lax.stop_gradient(jnp.asarray(points))
         S = points.shape[0]
         # costs of a joint point are no per-coordinate costs, even for a separable cost

@@ -129,7 +129,6 @@ class CostOracle:
         the rightmost ``block`` dims, the rule family's own event (a site's ``to_event`` dims
         are not part of it: each of their positions is a block of its own).
         """
-        block = min(block, self.event_dim)
         eye = torch.eye(self.num_coords, dtype=self.value.dtype, device=self.value.device)
         basis = eye.reshape((self.num_coords,) + self.coord_shape)
         if block:
@@ -182,7 +181,6 @@ class CostOracle:
             self._check_separable()
         if (self.separable and joint_ok) or self.num_coords == 1 and not block:
             return torch.ones_like(self.value).unsqueeze(0), 1.0, False
-        block = min(block, self.event_dim)
         if block and self.num_coords == math.prod(self.coord_shape[-block:]):
             return torch.ones_like(self.value).unsqueeze(0), 1.0, False
         if self.coordinates == "sample":
@@ -228,6 +226,7 @@ class CostOracle:
         """
         if block and order > 1:
             raise ValueError("block evaluations support first derivatives only")
+        block = min(block, self.event_dim)  # a site without event dims: coordinates
         points = points.detach()
         S = points.shape[0]
         # costs of a joint point are no per-coordinate costs, even for a separable cost
